@@ -1,0 +1,3 @@
+from SAMMed3DLib.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,58 @@
+"""The `sammed3d` command line: parses arguments and hands them to one module of `SAMMed3DLib.commands`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import Optional, Sequence
+
+from SAMMed3DLib import __version__
+from SAMMed3DLib.errors import SAMMed3DError
+
+# Subcommand name -> module in SAMMed3DLib.commands.
+COMMANDS = {
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sammed3d",
+        description="SAM-Med3D: promptable 3D segmentation of CT and MRI.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(f"SAMMed3DLib.commands.{module_name}")
+        subparser = subparsers.add_parser(
+            name,
+            help=module.HELP,
+            description=module.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.configure(subparser)
+        subparser.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run one command; a user error prints one line (no traceback) and returns 2.
+
+    Set SAMMED3D_DEBUG=1 to see the traceback of a user error.
+    """
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except (SAMMed3DError, ValueError, OSError) as error:
+        if os.environ.get("SAMMED3D_DEBUG"):
+            raise
+        print(f"sammed3d {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sammed3d {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""Shared fixtures: real test volumes from package registries, fetched once and cached."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+import pytest
+
+PYRADIOMICS = "pyradiomics-bhklab==3.1.4"
+
+
+def _test_data_cache() -> Path:
+    return Path(os.environ.get("SAMMED3D_TEST_DATA", Path.home() / ".cache" / "sammed3d-test-data"))
+
+
+@pytest.fixture(scope="session")
+def pyradiomics_data() -> Path:
+    """Folder with pyradiomics' real CT (lung*) and MR (brain*) volumes and lesion labels (`*_image.nrrd`,
+    `*_label.nrrd`), unpacked from the package's source archive on PyPI."""
+    target = _test_data_cache() / "pyradiomics"
+    if not (target / "lung1_image.nrrd").exists():
+        with tempfile.TemporaryDirectory() as download:
+            subprocess.run(
+                [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
+                 PYRADIOMICS, "-d", download],
+                check=True,
+            )
+            (archive,) = Path(download).glob("*.tar.gz")
+            target.mkdir(parents=True, exist_ok=True)
+            with tarfile.open(archive) as tar:
+                for member in tar.getmembers():
+                    if "/data/" in member.name and member.name.endswith(".nrrd"):
+                        member.name = Path(member.name).name
+                        tar.extract(member, target)
+    return target
