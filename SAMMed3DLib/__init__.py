@@ -16,7 +16,7 @@ _PUBLIC = {
     "InteractiveSession": "session",
     "Prediction": "session",
     "TorchPredictor": "predictors",
-    "OnnxPredictor": "predictors",
+    "OnnxPredictor": "onnx_backend",
 }
 
 __all__ = ["__version__", *_PUBLIC]
