@@ -13,6 +13,7 @@ from SAMMed3DLib.errors import SAMMed3DError
 
 # Subcommand name -> module in SAMMed3DLib.commands.
 COMMANDS = {
+    "weights": "weights",
 }
 
 

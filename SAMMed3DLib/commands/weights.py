@@ -1,0 +1,65 @@
+"""List, download, verify and import SAM-Med3D checkpoints.
+
+Downloaded and imported files live in $SAMMED3D_HOME/weights (default: a per-user data folder) and enter it only
+after their SHA256 matched; `--checkpoint NAME` in other commands resolves through this cache.
+
+examples:
+  sammed3d weights list
+  sammed3d weights download turbo
+  sammed3d weights download https://example.org/my_finetuned.pth --sha256 HEX
+  sammed3d weights verify ~/Downloads/sam_med3d_turbo.pth
+  sammed3d weights import ~/Downloads/sam_med3d_turbo.pth          (offline machines)
+  sammed3d weights import finetuned.pth --name liver                (then: --checkpoint liver)
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "list, download, verify and import checkpoints (the weights cache)"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    actions.add_parser("list", help="the published checkpoints and what is in the cache")
+    download = actions.add_parser("download", help="download a checkpoint into the cache (resumes, checks SHA256)")
+    download.add_argument("name_or_url", metavar="NAME_OR_URL", help="a name from `weights list`, or a URL")
+    download.add_argument("--sha256", metavar="HEX", help="expected SHA256 (needed for URLs without a known hash)")
+    verify = actions.add_parser("verify", help="print a file's SHA256 and the published checkpoint it matches")
+    verify.add_argument("path", metavar="PATH", type=Path)
+    verify.add_argument("--sha256", metavar="HEX", help="fail unless the file has this SHA256")
+    imp = actions.add_parser("import", help="verify a file obtained elsewhere and copy it into the cache")
+    imp.add_argument("path", metavar="PATH", type=Path)
+    imp.add_argument("--name", metavar="N", help="name to use with --checkpoint (default: the matching published "
+                     "checkpoint, else the file name)")
+    imp.add_argument("--sha256", metavar="HEX", help="fail unless the file has this SHA256")
+
+
+def run(args: argparse.Namespace) -> int:
+    from SAMMed3DLib import weights
+
+    if args.action == "list":
+        print(f"cache: {weights.cache_dir()}")
+        for entry in weights.REGISTRY:
+            size = f"~{entry.size / 1e6:.0f} MB" if entry.size else "size unknown"
+            sha = entry.sha256 or "not published"
+            state = "cached" if weights.cached(entry.name) else "not cached"
+            print(f"{entry.name:<8} {entry.filename:<24} {size:<14} {state:<10} sha256 {sha}")
+            print(f"{'':<8} {entry.description}; {entry.url or entry.page}")
+        registered = {e.filename for e in weights.REGISTRY}
+        if weights.cache_dir().is_dir():
+            for path in sorted(weights.cache_dir().glob("*.pth")):
+                if path.name not in registered:
+                    print(f"{path.stem:<8} {path.name:<24} {path.stat().st_size / 1e6:.0f} MB{'':<7} imported")
+    elif args.action == "download":
+        path = weights.download(args.name_or_url, sha256=args.sha256)
+        print(path)
+    elif args.action == "verify":
+        digest, match = weights.verify(args.path, sha256=args.sha256)
+        what = f"the published {match.name!r} checkpoint" if match else "no published checkpoint"
+        print(f"{digest}  {args.path}  (matches {what})")
+    else:
+        path = weights.import_file(args.path, name=args.name, sha256=args.sha256)
+        print(path)
+    return 0

@@ -1,0 +1,315 @@
+"""Published SAM-Med3D checkpoints: a registry, a verified download cache, and `--checkpoint PATH_OR_NAME` resolution.
+
+A file enters the cache (`$SAMMED3D_HOME/weights`, default a per-user data folder) only after its SHA256 matched,
+by an atomic rename of the finished `.part` file, so a file in the cache is trusted and never downloaded twice.
+Downloads resume from the `.part` file with an HTTP Range request, after a dropped connection in the same call
+(a few retries) or in a later call. Nothing is downloaded at import time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import shutil
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Optional
+
+from SAMMed3DLib.errors import SAMMed3DError
+
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One published checkpoint. `url` is None where it is only offered through a web page (Google Drive),
+    and `sha256`/`size` are None where the publisher shows no hash: say so rather than guess."""
+
+    name: str
+    filename: str
+    url: Optional[str]
+    page: str
+    size: Optional[int]  # bytes, as the host shows it (approximate)
+    sha256: Optional[str]
+    description: str
+
+
+REGISTRY = (
+    Checkpoint(
+        name="turbo",
+        filename="sam_med3d_turbo.pth",
+        url="https://huggingface.co/blueyo0/SAM-Med3D/resolve/main/sam_med3d_turbo.pth",
+        page="https://huggingface.co/blueyo0/SAM-Med3D/blob/main/sam_med3d_turbo.pth",
+        size=402_000_000,
+        sha256="899a46d04d3b70f723282ceb489149373558bf0aaba389a346f5ab57da5cdd3c",
+        description="SAM-Med3D-turbo, fine-tuned on 44 datasets; the recommended checkpoint",
+    ),
+    Checkpoint(
+        name="base",
+        filename="sam_med3d.pth",
+        url=None,
+        page="https://drive.google.com/file/d/1PFeUjlFMAppllS9x1kAWyCYUJM9re2Ub/view",
+        size=None,
+        sha256=None,
+        description="SAM-Med3D as in the paper (Google Drive only; no published hash)",
+    ),
+    Checkpoint(
+        name="organ",
+        filename="sam_med3d_organ.pth",
+        url=None,
+        page="https://drive.google.com/file/d/1kKpjIwCsUWQI-mYZ2Lww9WZXuJxc3FvU/view",
+        size=None,
+        sha256=None,
+        description="SAM-Med3D fine-tuned for organs (Google Drive only; no published hash)",
+    ),
+    Checkpoint(
+        name="brain",
+        filename="sam_med3d_brain.pth",
+        url=None,
+        page="https://drive.google.com/file/d/1otbhZs9uugSWkAbcQLLSmPB8jo5rzFL2/view",
+        size=None,
+        sha256=None,
+        description="SAM-Med3D fine-tuned for brain structures (Google Drive only; no published hash)",
+    ),
+)
+
+
+def find(name: str) -> Optional[Checkpoint]:
+    """The registry entry called `name` (or whose file name is `name`), else None."""
+    for entry in REGISTRY:
+        if name in (entry.name, entry.filename):
+            return entry
+    return None
+
+
+def home() -> Path:
+    """`$SAMMED3D_HOME`, else the per-user data folder of this platform."""
+    if os.environ.get("SAMMED3D_HOME"):
+        return Path(os.environ["SAMMED3D_HOME"]).expanduser()
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Application Support"
+    else:
+        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "sammed3d"
+
+
+def cache_dir() -> Path:
+    return home() / "weights"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _normalise_hash(sha256: Optional[str]) -> Optional[str]:
+    if sha256 is None:
+        return None
+    value = sha256.strip().lower()
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise SAMMed3DError(f"--sha256 {sha256!r} is not a SHA256 hash (64 hexadecimal digits)")
+    return value
+
+
+def _publish(source: Path, target: Path) -> None:
+    """Atomic rename into the cache (same folder, so readers see the whole file or nothing)."""
+    os.replace(source, target)
+
+
+def cached(name: str) -> Optional[Path]:
+    """The cached file for a registry name or an imported name, or None."""
+    entry = find(name)
+    path = cache_dir() / (entry.filename if entry else _imported_filename(name))
+    return path if path.is_file() else None
+
+
+def _imported_filename(name: str) -> str:
+    if not name or any(c in name for c in "/\\:") or name.startswith("."):
+        raise SAMMed3DError(f"checkpoint name {name!r} is not usable as a file name; use letters, digits, - and _")
+    return name if name.endswith(".pth") else f"{name}.pth"
+
+
+def _offline_message(url: str, reason: object) -> str:
+    return (
+        f"cannot download {url} ({reason}). If this machine is offline, download the file on one that is online "
+        f"and run `sammed3d weights import FILE` here"
+    )
+
+
+def download(
+    name_or_url: str,
+    sha256: Optional[str] = None,
+    retries: int = 3,
+    progress: Optional[IO[str]] = sys.stderr,
+    timeout: float = 30.0,
+    retry_delay: float = 2.0,
+) -> Path:
+    """Download a registry checkpoint or a URL into the cache and return its path.
+
+    The SHA256 is the registry's, or `sha256`; a download without any expected hash is kept as `.part` (so a
+    re-run with `--sha256` needs no second transfer) and refused with the hash it computed. A mismatch deletes
+    the `.part` file: nothing is left in the cache.
+    """
+    expected = _normalise_hash(sha256)
+    entry = find(name_or_url)
+    if entry is not None:
+        if entry.url is None:
+            raise SAMMed3DError(
+                f"checkpoint {entry.name!r} is only offered at {entry.page}; download it in a browser, then run "
+                f"`sammed3d weights import FILE --name {entry.name}`"
+            )
+        if expected and entry.sha256 and expected != entry.sha256:
+            raise SAMMed3DError(f"--sha256 differs from the registry's hash of {entry.name!r} ({entry.sha256})")
+        url, filename, expected = entry.url, entry.filename, expected or entry.sha256
+    else:
+        parsed = urllib.parse.urlparse(name_or_url)
+        if parsed.scheme not in ("http", "https") or not parsed.path.rstrip("/"):
+            known = ", ".join(e.name for e in REGISTRY)
+            raise SAMMed3DError(f"{name_or_url!r} is neither a known checkpoint ({known}) nor an http(s) URL of a file")
+        url, filename = name_or_url, Path(parsed.path.rstrip("/")).name
+
+    target = cache_dir() / filename
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(target.name + ".part")
+    size = entry.size if entry else None
+    for attempt in range(retries):
+        try:
+            _fetch(url, part, progress, timeout, size)
+            break
+        except urllib.error.URLError as error:  # no connection at all: offline, DNS, proxy
+            raise SAMMed3DError(_offline_message(url, error.reason)) from None
+        except (OSError, EOFError, http.client.HTTPException) as error:  # dropped or timed out: resume
+            if attempt + 1 == retries:
+                raise SAMMed3DError(
+                    f"download of {url} interrupted ({error}); run the same command again to resume"
+                ) from None
+            time.sleep(retry_delay)
+    actual = sha256_of(part)
+    if expected is None:
+        raise SAMMed3DError(
+            f"no published SHA256 for {url}; the downloaded file's SHA256 is {actual}. If you trust it, run again "
+            f"with --sha256 {actual} (the file is kept, so it is not downloaded again)"
+        )
+    if actual != expected:
+        part.unlink()
+        raise SAMMed3DError(f"SHA256 mismatch for {url}: expected {expected}, got {actual}; nothing was stored")
+    _publish(part, target)
+    return target
+
+
+def _fetch(url: str, part: Path, progress: Optional[IO[str]], timeout: float, size: Optional[int]) -> None:
+    """Append the rest of `url` to `part` (Range request from its current size); complete when this returns."""
+    offset = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"User-Agent": "sammed3d", "Accept-Encoding": "identity"})
+    if offset:
+        request.add_header("Range", f"bytes={offset}-")
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as error:
+        if error.code == 416 and offset:  # the .part file is already complete
+            return
+        raise SAMMed3DError(f"cannot download {url}: HTTP {error.code} {error.reason}") from None
+    with response:
+        if offset and response.status != 206:  # the server ignored the range: start over
+            offset = 0
+        length = response.headers.get("Content-Length")
+        total = offset + int(length) if length is not None else size
+        from tqdm import tqdm
+
+        with open(part, "ab" if offset else "wb") as out, tqdm(
+            total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
+            desc=part.name[: -len(".part")], file=progress, disable=progress is None, leave=False,
+        ) as bar:
+            received = offset
+            while True:
+                chunk = response.read(_CHUNK)
+                if not chunk:
+                    break
+                out.write(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+        if length is not None and received < total:
+            raise EOFError(f"connection closed after {received} of {total} bytes")
+
+
+def verify(path: Path, sha256: Optional[str] = None) -> tuple[str, Optional[Checkpoint]]:
+    """SHA256 of `path` and the registry entry it matches; raise if it matches neither `sha256` nor the registry
+    entry of the same file name."""
+    path = Path(path)
+    if not path.is_file():
+        raise SAMMed3DError(f"{path} is not a file")
+    expected = _normalise_hash(sha256)
+    actual = sha256_of(path)
+    match = next((e for e in REGISTRY if e.sha256 == actual), None)
+    if expected is not None and actual != expected:
+        raise SAMMed3DError(f"SHA256 mismatch for {path}: expected {expected}, got {actual}")
+    same_name = find(path.name)
+    if expected is None and same_name is not None and same_name.sha256 and match is None:
+        raise SAMMed3DError(
+            f"{path} is named like the {same_name.name!r} checkpoint but its SHA256 {actual} differs from "
+            f"{same_name.sha256}: the file is damaged or another file; download it again"
+        )
+    return actual, match
+
+
+def import_file(path: Path, name: Optional[str] = None, sha256: Optional[str] = None) -> Path:
+    """Copy a checkpoint the user got elsewhere into the cache, after checking its hash against `sha256` and the
+    registry. A registry name whose hash is published must match it; other names are stored as `<name>.pth`."""
+    path = Path(path)
+    actual, match = verify(path, sha256)
+    entry = find(name) if name else match
+    if entry is not None and entry.sha256 and entry.sha256 != actual:
+        raise SAMMed3DError(
+            f"{path} has SHA256 {actual}, not the published {entry.sha256} of {entry.name!r}; "
+            f"import it under another --name if it is a different checkpoint"
+        )
+    if entry is None and name is None:
+        name = path.stem
+    filename = entry.filename if entry else _imported_filename(name)
+    target = cache_dir() / filename
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{filename}.", suffix=".tmp", delete=False) as tmp:
+        temporary = Path(tmp.name)
+    try:
+        shutil.copyfile(path, temporary)
+        if sha256_of(temporary) != actual:
+            raise SAMMed3DError(f"{path} changed while it was being copied; try again")
+        _publish(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return target
+
+
+def resolve(path_or_name: str, progress: Optional[IO[str]] = sys.stderr) -> Path:
+    """A `--checkpoint` value as a local file: an existing path, a cached name, or a registry name downloaded now."""
+    path = Path(path_or_name).expanduser()
+    if path.is_file():
+        return path
+    if path.exists():
+        raise SAMMed3DError(f"--checkpoint {path_or_name}: is a folder, not a checkpoint file")
+    looks_like_path = os.sep in path_or_name or "/" in path_or_name or path.suffix in (".pth", ".pt", ".ckpt")
+    if not looks_like_path:
+        hit = cached(path_or_name)
+        if hit is not None:
+            return hit
+        if find(path_or_name) is not None:
+            return download(path_or_name, progress=progress)
+    known = ", ".join(e.name for e in REGISTRY)
+    raise SAMMed3DError(
+        f"--checkpoint {path_or_name}: no such file, and not a checkpoint name ({known}, or one added with "
+        f"`sammed3d weights import FILE --name NAME`)"
+    )

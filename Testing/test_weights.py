@@ -1,0 +1,202 @@
+"""The weights cache against a real HTTP server on 127.0.0.1: resume after a dropped transfer, refusal of a wrong
+file, no second download, offline message, import and `--checkpoint NAME` resolution."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from SAMMed3DLib import weights
+from SAMMed3DLib.cli import main
+from SAMMed3DLib.errors import SAMMed3DError
+
+PAYLOAD = bytes(range(256)) * 4096 + b"end"  # 1 MiB + 3 bytes
+PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
+
+
+class Server:
+    """Serves one file with Range support; `drop_first` cuts the first transfer after `drop_at` bytes."""
+
+    def __init__(self) -> None:
+        self.body = PAYLOAD
+        self.drop_first = False
+        self.drop_at = 300_000
+        self.requests: list[str | None] = []  # the Range header of each GET
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                server.requests.append(self.headers.get("Range"))
+                start = 0
+                if self.headers.get("Range"):
+                    start = int(self.headers["Range"].split("=")[1].split("-")[0])
+                    if start >= len(server.body):
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{len(server.body)}")
+                        self.end_headers()
+                        return
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(server.body) - 1}/{len(server.body)}")
+                else:
+                    self.send_response(200)
+                body = server.body[start:]
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if server.drop_first and len(server.requests) == 1:
+                    self.wfile.write(body[: server.drop_at])
+                    self.wfile.flush()
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                self.wfile.write(body)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/files/model.pth"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture()
+def server():
+    s = Server()
+    yield s
+    s.close()
+
+
+@pytest.fixture()
+def home(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("SAMMED3D_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def cache_files(home: Path) -> list[str]:
+    folder = home / "weights"
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+def test_dropped_transfer_resumes_with_a_range_request(server, home):
+    server.drop_first = True
+    path = weights.download(server.url, sha256=PAYLOAD_SHA, progress=None, retry_delay=0)
+    assert path == home / "weights" / "model.pth"
+    assert path.read_bytes() == PAYLOAD
+    assert server.requests == [None, f"bytes={server.drop_at}-"]
+    assert cache_files(home) == ["model.pth"]
+
+
+def test_interrupted_download_resumes_in_a_later_call(server, home):
+    server.drop_first = True
+    with pytest.raises(SAMMed3DError, match="interrupted.*run the same command again"):
+        weights.download(server.url, sha256=PAYLOAD_SHA, retries=1, progress=None)
+    assert cache_files(home) == ["model.pth.part"]  # nothing visible under the final name
+    assert (home / "weights" / "model.pth.part").stat().st_size == server.drop_at
+    path = weights.download(server.url, sha256=PAYLOAD_SHA, progress=None)
+    assert path.read_bytes() == PAYLOAD
+    assert server.requests[-1] == f"bytes={server.drop_at}-"
+    assert cache_files(home) == ["model.pth"]
+
+
+def test_wrong_file_is_refused_and_nothing_is_left(server, home):
+    server.body = PAYLOAD[:-3] + b"bad"
+    with pytest.raises(SAMMed3DError, match=f"SHA256 mismatch.*expected {PAYLOAD_SHA}"):
+        weights.download(server.url, sha256=PAYLOAD_SHA, progress=None)
+    assert cache_files(home) == []
+    server.body = PAYLOAD  # the right file is then accepted
+    assert weights.download(server.url, sha256=PAYLOAD_SHA, progress=None).read_bytes() == PAYLOAD
+
+
+def test_verified_file_is_never_downloaded_twice(server, home):
+    weights.download(server.url, sha256=PAYLOAD_SHA, progress=None)
+    weights.download(server.url, sha256=PAYLOAD_SHA, progress=None)
+    assert server.requests == [None]
+
+
+def test_registry_name_downloads_and_resolves(server, home, monkeypatch):
+    entry = weights.Checkpoint("turbo", "sam_med3d_turbo.pth", server.url, server.url, len(PAYLOAD), PAYLOAD_SHA, "")
+    monkeypatch.setattr(weights, "REGISTRY", (entry,))
+    path = weights.resolve("turbo", progress=None)
+    assert path == home / "weights" / "sam_med3d_turbo.pth" and path.read_bytes() == PAYLOAD
+    assert weights.resolve("turbo", progress=None) == path
+    assert len(server.requests) == 1
+
+
+def test_unknown_hash_is_refused_with_the_computed_hash_and_kept_for_a_rerun(server, home):
+    with pytest.raises(SAMMed3DError, match=f"--sha256 {PAYLOAD_SHA}"):
+        weights.download(server.url, progress=None)
+    assert cache_files(home) == ["model.pth.part"]
+    path = weights.download(server.url, sha256=PAYLOAD_SHA, progress=None)
+    assert path.read_bytes() == PAYLOAD
+    assert server.requests == [None, f"bytes={len(PAYLOAD)}-"]  # answered 416: nothing transferred again
+
+
+def test_offline_machine_gets_one_line_pointing_at_import(home, capsys):
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/sam_med3d_turbo.pth"
+    assert main(["weights", "download", url, "--sha256", PAYLOAD_SHA]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sammed3d weights import" in err[0] and "Traceback" not in err[0]
+    assert cache_files(home) == []
+
+
+def test_google_drive_only_entry_points_at_its_page(home):
+    with pytest.raises(SAMMed3DError, match="drive.google.com.*weights import FILE --name base"):
+        weights.download("base", progress=None)
+
+
+def test_import_verify_and_resolve(tmp_path, home, monkeypatch, capsys):
+    source = tmp_path / "finetuned.pth"
+    source.write_bytes(PAYLOAD)
+    assert main(["weights", "verify", str(source)]) == 0
+    assert capsys.readouterr().out.startswith(PAYLOAD_SHA)
+    assert main(["weights", "verify", str(source), "--sha256", "0" * 64]) == 2
+    assert "SHA256 mismatch" in capsys.readouterr().err
+
+    assert main(["weights", "import", str(source), "--name", "liver"]) == 0
+    assert weights.resolve("liver") == home / "weights" / "liver.pth"
+    assert (home / "weights" / "liver.pth").read_bytes() == PAYLOAD
+
+    # A file that claims to be turbo but is not: refused, cache unchanged.
+    assert main(["weights", "import", str(source), "--name", "turbo"]) == 2
+    assert "not the published" in capsys.readouterr().err
+    fake = tmp_path / "sam_med3d_turbo.pth"
+    fake.write_bytes(PAYLOAD)
+    assert main(["weights", "import", str(fake)]) == 2
+    assert cache_files(home) == ["liver.pth"]
+
+    # A registered checkpoint is recognised by its hash and stored under its published file name.
+    entry = weights.Checkpoint("turbo", "sam_med3d_turbo.pth", None, "page", None, PAYLOAD_SHA, "")
+    monkeypatch.setattr(weights, "REGISTRY", (entry,))
+    assert weights.import_file(source) == home / "weights" / "sam_med3d_turbo.pth"
+    assert weights.resolve("turbo") == home / "weights" / "sam_med3d_turbo.pth"
+
+
+def test_resolve_errors_name_the_problem(tmp_path, home):
+    with pytest.raises(SAMMed3DError, match="no such file, and not a checkpoint name"):
+        weights.resolve(str(tmp_path / "missing.pth"))
+    with pytest.raises(SAMMed3DError, match="no such file, and not a checkpoint name.*turbo"):
+        weights.resolve("turbbo")
+    with pytest.raises(SAMMed3DError, match="is a folder"):
+        weights.resolve(str(tmp_path))
+    with pytest.raises(SAMMed3DError, match="not a SHA256"):
+        weights.download("turbo", sha256="abc", progress=None)
+
+
+def test_list_shows_the_registry_with_turbo_first(home, capsys):
+    assert main(["weights", "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"cache: {home / 'weights'}"
+    assert lines[1].split()[:2] == ["turbo", "sam_med3d_turbo.pth"]
+    assert "899a46d04d3b70f723282ceb489149373558bf0aaba389a346f5ab57da5cdd3c" in lines[1]
+    assert "not published" in "\n".join(lines[3:])
