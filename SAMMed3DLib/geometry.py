@@ -1,0 +1,299 @@
+"""Volumes in physical space, the model's canonical patch frame, and pasting patch logits back onto a volume.
+
+Conventions: a volume's voxels are a numpy array in K,J,I order (slice, row, column), as Slicer's `arrayFromVolume`
+and SimpleITK's `GetArrayFromImage` give them; its geometry is the 4x4 IJK->RAS matrix. Files (ITK, NRRD, NIfTI,
+DICOM) are LPS inside SimpleITK; `Volume` converts at the boundary so that everything else is RAS.
+
+A patch frame is a 128^3 grid at 1.5 mm whose axes are the image's own axes, permuted and flipped so that patch
+axis 0 points most toward Right, axis 1 toward Anterior, axis 2 toward Superior (the canonical RAS+ order the model
+was trained on; an oblique image stays oblique). Because every patch axis is parallel to one image axis, resampling
+between a volume and a frame separates into three 1D interpolations, which is what makes it cheap.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Tuple
+
+import numpy as np
+
+from SAMMed3DLib.errors import SAMMed3DError
+
+PATCH_SIZE = 128
+PATCH_SPACING_MM = 1.5
+LOGITS_SIZE = 32  # the decoder's output grid: one logit voxel per 4^3 patch voxels
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+Region = Tuple[slice, slice, slice]
+
+
+class Volume:
+    """Voxels (K,J,I numpy array, not copied) and their 4x4 IJK->RAS matrix.
+
+    Raises ValueError for arrays that are not 3D, empty, non-numeric or hold NaN/inf, and for matrices that are not
+    affine or are singular, so that nothing downstream has to check again.
+    """
+
+    def __init__(self, array: np.ndarray, ijk_to_ras: np.ndarray):
+        array = np.asarray(array)
+        matrix = np.asarray(ijk_to_ras, dtype=np.float64)
+        if array.ndim != 3:
+            raise ValueError(f"a volume needs a 3D voxel array (K,J,I), got {array.ndim}D with shape {array.shape}")
+        if array.size == 0:
+            raise ValueError(f"the volume is empty (shape {array.shape})")
+        if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+            raise ValueError(f"voxels must be integers or floats, got dtype {array.dtype}")
+        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+            raise ValueError(f"the volume holds {np.count_nonzero(~np.isfinite(array))} NaN or infinite voxels")
+        if matrix.shape != (4, 4) or not np.isfinite(matrix).all():
+            raise ValueError(f"the IJK->RAS matrix must be a finite 4x4 matrix, got {matrix.tolist()}")
+        if not np.allclose(matrix[3], [0, 0, 0, 1]):
+            raise ValueError(f"the IJK->RAS matrix is not affine (last row {matrix[3].tolist()})")
+        linear = matrix[:3, :3]
+        if abs(np.linalg.det(linear)) <= 1e-9 * np.prod(np.linalg.norm(linear, axis=0)):
+            raise ValueError(f"the IJK->RAS matrix is singular: {matrix[:3].tolist()}")
+        self.array = array
+        self.ijk_to_ras = matrix
+        self.ras_to_ijk = np.linalg.inv(matrix)
+
+    @property
+    def shape_ijk(self) -> Tuple[int, int, int]:
+        """Voxel counts along I, J, K (the array's shape reversed)."""
+        return tuple(int(n) for n in self.array.shape[::-1])
+
+    @property
+    def spacing(self) -> np.ndarray:
+        """Voxel size in mm along I, J, K."""
+        return np.linalg.norm(self.ijk_to_ras[:3, :3], axis=0)
+
+    @property
+    def directions(self) -> np.ndarray:
+        """Unit RAS vectors of the I, J, K axes, as columns."""
+        return self.ijk_to_ras[:3, :3] / self.spacing
+
+    def ras_to_ijk_points(self, ras: np.ndarray) -> np.ndarray:
+        """(N,3) RAS points -> (N,3) continuous I,J,K indices (voxel centres are integers)."""
+        ras = np.atleast_2d(np.asarray(ras, dtype=np.float64))
+        return ras @ self.ras_to_ijk[:3, :3].T + self.ras_to_ijk[:3, 3]
+
+    def ijk_to_ras_points(self, ijk: np.ndarray) -> np.ndarray:
+        """(N,3) continuous I,J,K indices -> (N,3) RAS points."""
+        ijk = np.atleast_2d(np.asarray(ijk, dtype=np.float64))
+        return ijk @ self.ijk_to_ras[:3, :3].T + self.ijk_to_ras[:3, 3]
+
+    def contains(self, ras: np.ndarray) -> bool:
+        """Whether a RAS point lies inside the volume's voxels (each voxel reaches half a voxel around its centre)."""
+        ijk = self.ras_to_ijk_points(ras)[0]
+        return bool(np.all(ijk >= -0.5) and np.all(ijk <= np.asarray(self.shape_ijk) - 0.5))
+
+    def extent_ras(self) -> Tuple[np.ndarray, np.ndarray]:
+        """Lowest and highest RAS coordinates of the volume's corners (the outer faces of its voxels)."""
+        corners = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], dtype=np.float64)
+        corners = corners * np.asarray(self.shape_ijk) - 0.5
+        ras = self.ijk_to_ras_points(corners)
+        return ras.min(axis=0), ras.max(axis=0)
+
+    @classmethod
+    def from_sitk(cls, image) -> Volume:
+        """A SimpleITK image (LPS) as a Volume (RAS); the voxels are copied out of the image."""
+        import SimpleITK as sitk
+
+        if image.GetDimension() != 3:
+            raise SAMMed3DError(f"expected a 3D image, got {image.GetDimension()}D of size {image.GetSize()}")
+        if image.GetNumberOfComponentsPerPixel() != 1:
+            raise SAMMed3DError(
+                f"expected one value per voxel, got {image.GetNumberOfComponentsPerPixel()} (a vector or RGB image)"
+            )
+        ijk_to_lps = np.eye(4)
+        ijk_to_lps[:3, :3] = np.reshape(image.GetDirection(), (3, 3)) * np.asarray(image.GetSpacing())
+        ijk_to_lps[:3, 3] = image.GetOrigin()
+        return cls(sitk.GetArrayFromImage(image), LPS_TO_RAS @ ijk_to_lps)
+
+    def to_sitk(self):
+        """The volume as a SimpleITK image (LPS geometry, same voxels)."""
+        import SimpleITK as sitk
+
+        image = sitk.GetImageFromArray(self.array)
+        ijk_to_lps = LPS_TO_RAS @ self.ijk_to_ras
+        image.SetSpacing(self.spacing.tolist())
+        image.SetDirection((ijk_to_lps[:3, :3] / self.spacing).flatten().tolist())
+        image.SetOrigin(ijk_to_lps[:3, 3].tolist())
+        return image
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> Volume:
+        """Read a NIfTI, NRRD or MHA file, or a folder holding one DICOM series, through SimpleITK."""
+        import SimpleITK as sitk
+
+        path = os.fspath(path)
+        if not os.path.exists(path):
+            raise SAMMed3DError(f"no such file or folder: {path}")
+        try:
+            if os.path.isdir(path):
+                series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(path)
+                if len(series) != 1:
+                    raise SAMMed3DError(
+                        f"{path} holds {len(series)} DICOM series ({', '.join(series) or 'none'}); "
+                        "pass a folder with exactly one series"
+                    )
+                reader = sitk.ImageSeriesReader()
+                reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(path, series[0]))
+                image = reader.Execute()
+            else:
+                image = sitk.ReadImage(path)
+        except RuntimeError as error:
+            raise SAMMed3DError(f"cannot read {path}: {str(error).strip().splitlines()[-1]}") from error
+        try:
+            return cls.from_sitk(image)
+        except (SAMMed3DError, ValueError) as error:
+            raise SAMMed3DError(f"{path}: {error}") from error
+
+
+def canonical_axes(directions: np.ndarray) -> Tuple[Tuple[int, int, int], Tuple[int, int, int]]:
+    """For patch axes 0,1,2 (toward R, A, S): which image axis (0=I, 1=J, 2=K) each one follows, and its sign.
+
+    Like nibabel's `io_orientation`: the image axis most parallel to a RAS axis is taken first, greedily, so every
+    image axis is used exactly once even for strongly oblique images.
+    """
+    weights = np.abs(np.asarray(directions, dtype=np.float64))
+    axes = [-1, -1, -1]
+    for _ in range(3):
+        ras_axis, image_axis = np.unravel_index(np.argmax(weights), weights.shape)
+        axes[ras_axis] = int(image_axis)
+        weights[ras_axis, :] = -1
+        weights[:, image_axis] = -1
+    signs = tuple(1 if directions[r, axes[r]] >= 0 else -1 for r in range(3))
+    return tuple(axes), signs
+
+
+@dataclass(frozen=True)
+class PatchFrame:
+    """A cubic grid of `size`^3 voxels: `patch_to_ras` maps patch indices (axis order of the patch tensor) to RAS."""
+
+    patch_to_ras: np.ndarray
+    size: int = PATCH_SIZE
+
+    @property
+    def center_ras(self) -> np.ndarray:
+        """The RAS point at the geometric centre of the grid (index (size-1)/2 on each axis)."""
+        return self.to_ras(np.full(3, (self.size - 1) / 2))[0]
+
+    def to_ras(self, patch_points: np.ndarray) -> np.ndarray:
+        """(N,3) continuous patch indices -> (N,3) RAS points."""
+        points = np.atleast_2d(np.asarray(patch_points, dtype=np.float64))
+        return points @ self.patch_to_ras[:3, :3].T + self.patch_to_ras[:3, 3]
+
+    def to_patch(self, ras: np.ndarray) -> np.ndarray:
+        """(N,3) RAS points -> (N,3) continuous patch indices."""
+        inverse = np.linalg.inv(self.patch_to_ras)
+        return np.atleast_2d(np.asarray(ras, dtype=np.float64)) @ inverse[:3, :3].T + inverse[:3, 3]
+
+    def shifted(self, patch_offset: np.ndarray) -> PatchFrame:
+        """The same grid moved by a number of patch voxels along its own axes."""
+        matrix = self.patch_to_ras.copy()
+        matrix[:3, 3] = self.to_ras(np.asarray(patch_offset, dtype=np.float64))[0]
+        return PatchFrame(matrix, self.size)
+
+    def logits_frame(self, logits_size: int = LOGITS_SIZE) -> PatchFrame:
+        """The decoder's coarse grid over the same cube: voxel q of it covers patch voxels 4q..4q+3 (centre 4q+1.5),
+        which is the geometry trilinear upsampling with align_corners=False assumes."""
+        factor = self.size / logits_size
+        scale = np.diag([factor, factor, factor, 1.0])
+        scale[:3, 3] = (factor - 1) / 2
+        return PatchFrame(self.patch_to_ras @ scale, logits_size)
+
+
+def patch_frame(
+    volume: Volume, center_ras: np.ndarray, size: int = PATCH_SIZE, spacing: float = PATCH_SPACING_MM
+) -> PatchFrame:
+    """The model's input frame for `volume`: `size`^3 voxels of `spacing` mm along the volume's own axes in canonical
+    RAS+ order (see `canonical_axes`), with `center_ras` at its geometric centre. Used for clicks (centred on the click)
+    and for training crops (centred on the label's bounding-box centre)."""
+    axes, signs = canonical_axes(volume.directions)
+    linear = np.stack([signs[r] * volume.directions[:, axes[r]] * spacing for r in range(3)], axis=1)
+    matrix = np.eye(4)
+    matrix[:3, :3] = linear
+    matrix[:3, 3] = np.asarray(center_ras, dtype=np.float64).reshape(3) - linear @ np.full(3, (size - 1) / 2)
+    return PatchFrame(matrix, size)
+
+
+@dataclass(frozen=True)
+class AxisMap:
+    """How a frame's grid lies on a volume's grid, one axis at a time: patch axis r runs along the volume's array
+    axis `array_axis[r]` (0=K, 1=J, 2=I), and patch index p sits at array index `offset[r] + scale[r] * p`."""
+
+    array_axis: Tuple[int, int, int]
+    scale: Tuple[float, float, float]
+    offset: Tuple[float, float, float]
+
+
+def axis_map(volume: Volume, frame: PatchFrame) -> AxisMap:
+    """The separable mapping from `frame` to `volume` indices; ValueError if the frame's axes are not parallel to the
+    volume's (a frame from `patch_frame` of a volume with the same directions always is)."""
+    patch_to_ijk = volume.ras_to_ijk @ frame.patch_to_ras
+    linear = patch_to_ijk[:3, :3]
+    image_axis = np.argmax(np.abs(linear), axis=0)
+    scale = linear[image_axis, [0, 1, 2]]
+    off_axis = np.abs(linear).sum(axis=0) - np.abs(scale)
+    if sorted(image_axis) != [0, 1, 2] or np.any(off_axis > 1e-6 * np.abs(scale)):
+        raise ValueError("the patch frame's axes are not parallel to the volume's axes")
+    return AxisMap(
+        array_axis=tuple(int(2 - a) for a in image_axis),
+        scale=tuple(float(s) for s in scale),
+        offset=tuple(float(patch_to_ijk[a, 3]) for a in image_axis),
+    )
+
+
+def frame_region(volume: Volume, frame: PatchFrame) -> Region:
+    """The K,J,I slices of the volume voxels whose centres lie inside the frame's cube (empty slices if none)."""
+    mapping = axis_map(volume, frame)
+    region = [slice(0, 0)] * 3
+    for r in range(3):
+        axis, scale, offset = mapping.array_axis[r], mapping.scale[r], mapping.offset[r]
+        ends = sorted([offset + scale * -0.5, offset + scale * (frame.size - 0.5)])
+        first = max(int(np.ceil(ends[0] - 1e-9)), 0)
+        last = min(int(np.floor(ends[1] + 1e-9)), volume.array.shape[axis] - 1)
+        region[axis] = slice(first, max(first, last + 1))
+    return tuple(region)
+
+
+def interpolation_matrix(coords: np.ndarray, size: int) -> np.ndarray:
+    """(len(coords), size) weights of 1D linear interpolation at continuous indices `coords` of a `size`-long grid,
+    clamping beyond the outer voxel centres (as trilinear upsampling with align_corners=False does)."""
+    coords = np.clip(coords, 0, size - 1)
+    low = np.minimum(np.floor(coords).astype(np.int64), size - 2) if size > 1 else np.zeros(len(coords), np.int64)
+    weight = coords - low
+    matrix = np.zeros((len(coords), size), dtype=np.float32)
+    rows = np.arange(len(coords))
+    matrix[rows, low] = 1 - weight
+    if size > 1:
+        matrix[rows, low + 1] += weight
+    return matrix
+
+
+def paste_logits(volume: Volume, frame: PatchFrame, logits: np.ndarray) -> Tuple[Region, np.ndarray]:
+    """Interpolate coarse logits ((n,n,n) over `frame`'s cube, patch axis order) linearly in physical space onto the
+    volume voxels inside the cube. Returns the K,J,I region and the float32 logits there (threshold at 0 for a mask).
+
+    Each axis is a small dense interpolation matrix, so the work is three matrix products, the last one writing each
+    output voxel once: fast enough for a 192 mm cube on a sub-millimetre grid.
+    """
+    logits = np.asarray(logits, dtype=np.float32)
+    coarse = frame.logits_frame(logits.shape[0])
+    region = frame_region(volume, frame)
+    mapping = axis_map(volume, coarse)
+    matrices = [np.zeros((0, 0), np.float32)] * 3  # per array axis K, J, I: (voxels in region, coarse voxels)
+    order = [0, 0, 0]  # logits axis that feeds each array axis
+    for r in range(3):
+        axis = mapping.array_axis[r]
+        indices = np.arange(region[axis].start, region[axis].stop, dtype=np.float64)
+        matrices[axis] = interpolation_matrix((indices - mapping.offset[r]) / mapping.scale[r], logits.shape[r])
+        order[axis] = r
+    values = np.ascontiguousarray(logits.transpose(order))  # now (coarse K, coarse J, coarse I)
+    values = values @ matrices[2].T  # (cK, cJ, nI)
+    values = np.matmul(matrices[1], values)  # (cK, nJ, nI)
+    shape = values.shape
+    values = matrices[0] @ values.reshape(shape[0], -1)  # (nK, nJ * nI)
+    return region, values.reshape(len(matrices[0]), shape[1], shape[2])
