@@ -50,11 +50,11 @@ def nsd(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float], tol
         return 0.0
     from scipy.ndimage import distance_transform_edt
 
-    # Borders are found on the full masks (image edge = background); distances only need the union's box.
-    border_p, border_t = _border(prediction), _border(truth)
+    # Only the union's box (one voxel wider, within the image) matters: borders and distances are exact there.
     union = np.argwhere(prediction | truth)
-    box = tuple(slice(lo, hi + 1) for lo, hi in zip(union.min(axis=0), union.max(axis=0)))
-    border_p, border_t = border_p[box], border_t[box]
+    low, high = np.maximum(union.min(axis=0) - 1, 0), union.max(axis=0) + 2
+    box = tuple(slice(lo, hi) for lo, hi in zip(low, high))
+    border_p, border_t = _border(prediction[box]), _border(truth[box])
     to_t = distance_transform_edt(~border_t, sampling=spacing)
     to_p = distance_transform_edt(~border_p, sampling=spacing)
     close = int((to_t[border_p] <= tolerance_mm).sum()) + int((to_p[border_t] <= tolerance_mm).sum())
