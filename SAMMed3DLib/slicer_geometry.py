@@ -1,0 +1,95 @@
+"""Index bookkeeping between Slicer's oriented images and the session's numpy volumes, without importing Slicer.
+
+The Segment Editor hands an effect `vtkOrientedImageData` objects: a `vtkImageData` whose voxel (i, j, k) *of its
+extent* maps to the segmentation's RAS by a 4x4 image-to-world matrix. The extent need not start at 0 (a segment's
+labelmap usually covers only the segment's bounding box), so every conversion here carries the extent along.
+Arrays are in K,J,I order (slice, row, column), as `slicer.util.arrayFromVolume` and the session use them; VTK
+stores the same voxels with I fastest, so a C-order K,J,I array *is* VTK's scalar order and no transpose is needed.
+Only real VTK types are touched (the `vtk` package in Slicer and on PyPI).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, Tuple
+
+import numpy as np
+import vtk
+from vtk.util import numpy_support
+
+Extent = Tuple[int, int, int, int, int, int]  # VTK order: i0, i1, j0, j1, k0, k1 (inclusive)
+Region = Tuple[slice, slice, slice]  # K, J, I slices of an array
+
+
+def transform_point(matrix: np.ndarray, point: Sequence[float]) -> np.ndarray:
+    """Apply a 4x4 homogeneous matrix to a 3D point."""
+    matrix = np.asarray(matrix, dtype=float)
+    if matrix.shape != (4, 4):
+        raise ValueError(f"expected a 4x4 matrix, got shape {matrix.shape}")
+    return (matrix @ np.append(np.asarray(point, dtype=float), 1.0))[:3]
+
+
+def extent_shape(extent: Sequence[int]) -> Tuple[int, int, int]:
+    """The K,J,I array shape of a VTK extent (0 along an axis where the extent is empty)."""
+    i0, i1, j0, j1, k0, k1 = (int(v) for v in extent)
+    return max(k1 - k0 + 1, 0), max(j1 - j0 + 1, 0), max(i1 - i0 + 1, 0)
+
+
+def array_ijk_to_ras(image_to_world: np.ndarray, extent: Sequence[int]) -> np.ndarray:
+    """IJK->RAS of an array whose index 0 is the extent's first voxel: the image-to-world matrix shifted by the
+    extent's start, so that `Volume(array, this)` places every voxel where Slicer draws it."""
+    shift = np.eye(4)
+    shift[:3, 3] = [extent[0], extent[2], extent[4]]
+    return np.asarray(image_to_world, dtype=float) @ shift
+
+
+def image_array(image) -> np.ndarray:
+    """A copy of a single-component `vtkImageData`'s voxels as a K,J,I array over its extent."""
+    scalars = image.GetPointData().GetScalars()
+    shape = extent_shape(image.GetExtent())
+    if scalars is None or 0 in shape:
+        raise ValueError("the image has no voxels")
+    if scalars.GetNumberOfComponents() != 1:
+        raise ValueError(f"expected a single-component image, got {scalars.GetNumberOfComponents()} components")
+    return numpy_support.vtk_to_numpy(scalars).reshape(shape).copy()
+
+
+def labelmap_in_extent(image, extent: Sequence[int]) -> np.ndarray:
+    """A uint8 K,J,I mask (1 where the labelmap is > 0) over `extent`, from a labelmap `image` that covers any
+    extent of the same grid: voxels outside the image are 0, voxels of the image outside `extent` are dropped."""
+    out = np.zeros(extent_shape(extent), dtype=np.uint8)
+    if image is None or 0 in extent_shape(image.GetExtent()) or image.GetPointData().GetScalars() is None:
+        return out
+    source = image_array(image) > 0
+    have = image.GetExtent()
+    # Overlap of the two extents, per axis, in K,J,I order.
+    target_slices, source_slices = [], []
+    for axis in (2, 1, 0):
+        lo = max(have[2 * axis], extent[2 * axis])
+        hi = min(have[2 * axis + 1], extent[2 * axis + 1])
+        if hi < lo:
+            return out
+        target_slices.append(slice(lo - extent[2 * axis], hi - extent[2 * axis] + 1))
+        source_slices.append(slice(lo - have[2 * axis], hi - have[2 * axis] + 1))
+    out[tuple(target_slices)] = source[tuple(source_slices)]
+    return out
+
+
+def region_extent(region: Region, extent: Sequence[int]) -> Extent:
+    """The VTK extent of the K,J,I `region` of an array that covers `extent`."""
+    k, j, i = region
+    return (
+        extent[0] + i.start, extent[0] + i.stop - 1,
+        extent[2] + j.start, extent[2] + j.stop - 1,
+        extent[4] + k.start, extent[4] + k.stop - 1,
+    )
+
+
+def write_region(image, mask: np.ndarray, region: Region, extent: Sequence[int]) -> None:
+    """Make `image` (any vtkImageData, e.g. a fresh vtkOrientedImageData) hold `mask[region]` as unsigned char,
+    with the extent of that region inside `extent`: a modifier labelmap that covers only what changed."""
+    block = np.ascontiguousarray(mask[region], dtype=np.uint8)
+    if block.size == 0:
+        raise ValueError("the region to write is empty")
+    image.SetExtent(*region_extent(region, extent))
+    image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = block.ravel()

@@ -1,0 +1,178 @@
+"""What the Slicer module panel decides, as plain Python: the model settings, which packages are missing, the
+model download in the background, the predictor, and the status line. Nothing here imports Slicer or Qt.
+
+Slicer keeps settings as strings (QSettings), so `ModelSettings` converts to and from a dict of strings under
+`SETTINGS_KEYS`. Packages are only *listed* here: installing them is the module's job, on Slicer's main thread,
+after asking the user (pip from a worker thread crashes Slicer on macOS).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
+
+from SAMMed3DLib import weights
+from SAMMed3DLib.errors import SAMMed3DError
+
+BACKENDS = {"torch": "PyTorch", "onnx": "ONNX Runtime"}
+DEVICES = ("auto", "cpu", "cuda", "mps")
+LOCAL_FILE = "local file"  # the model choice that reads `local_path` instead of a registry entry
+
+# import name -> pip requirement, for the packages SAMMed3DLib imports that Slicer does not ship.
+# torch is absent on purpose: it is installed through the PyTorch extension (PyTorchUtils), which picks the
+# CPU or CUDA build that fits the machine.
+_PIP = {"skimage": "scikit-image>=0.19", "tqdm": "tqdm>=4.60", "onnxruntime": "onnxruntime>=1.17"}
+_NEEDS = {"torch": ("torch", "skimage", "tqdm"), "onnx": ("onnxruntime", "skimage", "tqdm")}
+
+SETTINGS_KEYS = {
+    "model": "SAMMed3D/Model",
+    "local_path": "SAMMed3D/LocalPath",
+    "backend": "SAMMed3D/Backend",
+    "device": "SAMMed3D/Device",
+}
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """The model panel's choices: a registry name or `LOCAL_FILE` (then `local_path`: a checkpoint file for
+    PyTorch, an exported model folder for ONNX Runtime), the backend and the device."""
+
+    model: str = "turbo"
+    local_path: str = ""
+    backend: str = "torch"
+    device: str = "auto"
+
+    def validated(self) -> ModelSettings:
+        """Self, or a SAMMed3DError that says which choice is wrong and what to pick."""
+        if self.backend not in BACKENDS:
+            raise SAMMed3DError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
+        if self.device not in DEVICES:
+            raise SAMMed3DError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
+        if self.model == LOCAL_FILE:
+            if not self.local_path:
+                raise SAMMed3DError("choose the model file (or, for ONNX Runtime, the exported model folder)")
+        elif weights.find(self.model) is None:
+            names = ", ".join(e.name for e in weights.REGISTRY)
+            raise SAMMed3DError(f"unknown model {self.model!r}; choose one of {names}, or a local file")
+        if self.backend == "onnx" and self.model != LOCAL_FILE:
+            raise SAMMed3DError(
+                "ONNX Runtime runs an exported model folder: choose 'local file' and the folder written by "
+                "`sammed3d export-onnx`, or choose the PyTorch backend"
+            )
+        return self
+
+    def to_strings(self) -> Dict[str, str]:
+        return {key: str(getattr(self, field)) for field, key in SETTINGS_KEYS.items()}
+
+    @classmethod
+    def from_strings(cls, values: Mapping[str, object]) -> ModelSettings:
+        """Settings from stored strings; missing or unusable values fall back to the defaults."""
+        settings = cls()
+        for field, key in SETTINGS_KEYS.items():
+            value = values.get(key)
+            if value not in (None, ""):
+                settings = replace(settings, **{field: str(value)})
+        try:
+            return settings.validated()
+        except SAMMed3DError:
+            return cls(local_path=settings.local_path)
+
+
+def missing_packages(
+    backend: str, is_installed: Callable[[str], bool] = lambda name: importlib.util.find_spec(name) is not None
+) -> Tuple[bool, List[str]]:
+    """(torch is missing, pip requirements of the other missing packages) for a backend."""
+    needed = _NEEDS[backend]
+    return (
+        "torch" in needed and not is_installed("torch"),
+        [_PIP[name] for name in needed if name != "torch" and not is_installed(name)],
+    )
+
+
+def model_file(settings: ModelSettings) -> Optional[Path]:
+    """The model to load if it is on this machine (a local file, or a verified cached download), else None."""
+    if settings.model == LOCAL_FILE:
+        path = Path(settings.local_path).expanduser()
+        if not path.exists():
+            raise SAMMed3DError(f"{path} does not exist; choose another model file")
+        return path
+    return weights.cached(settings.model)
+
+
+def create_predictor(settings: ModelSettings, path: Path):
+    """The predictor for the settings and a model file: (predictor, device name)."""
+    settings.validated()
+    if settings.backend == "onnx":
+        from SAMMed3DLib.onnx_backend import OnnxPredictor
+
+        predictor = OnnxPredictor(path)
+        return predictor, str(getattr(predictor, "device", "cpu"))
+    from SAMMed3DLib.model import load_sam_med3d
+    from SAMMed3DLib.predictors import TorchPredictor, select_device
+
+    device = select_device(settings.device)
+    return TorchPredictor(load_sam_med3d(path, device=device), device), str(device)
+
+
+def status_text(backend: str, device: str, timings: Optional[Mapping[str, float]] = None) -> str:
+    """The effect's status line: where the model runs and what the last click cost, e.g.
+    `PyTorch on cuda | last click 1.21 s (encode 1.02 s, decode 0.05 s, ...)`."""
+    text = f"{BACKENDS.get(backend, backend)} on {device}"
+    if timings:
+        parts = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in timings.items())
+        text += f" | last click {sum(timings.values()):.2f} s ({parts})"
+    return text
+
+
+class BackgroundDownload:
+    """A registry checkpoint (or a URL with its SHA256) downloaded in a worker thread, so that Slicer's main
+    thread can show progress and stay responsive. `fraction()` reads the size of the `.part` file that
+    `weights.download` appends to; the SHA256 check and the atomic move into the cache are `weights.download`'s.
+    Only network I/O runs in the thread: nothing touches Qt or the scene there."""
+
+    def __init__(self, name_or_url: str, sha256: Optional[str] = None, size: Optional[int] = None) -> None:
+        entry = weights.find(name_or_url)
+        filename = entry.filename if entry else Path(name_or_url.rstrip("/")).name
+        self._part = weights.cache_dir() / (filename + ".part")
+        self._size = size if size is not None else (entry.size if entry else None)
+        self.path: Optional[Path] = None
+        self.error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, args=(name_or_url, sha256), daemon=True)
+
+    def start(self) -> BackgroundDownload:
+        self._thread.start()
+        return self
+
+    def _run(self, name_or_url: str, sha256: Optional[str]) -> None:
+        try:
+            self.path = weights.download(name_or_url, sha256=sha256, progress=None)
+        except BaseException as error:  # handed to the main thread, which reports it
+            self.error = error
+
+    @property
+    def done(self) -> bool:
+        return not self._thread.is_alive() and (self.path is not None or self.error is not None)
+
+    def wait(self, seconds: float) -> bool:
+        self._thread.join(seconds)
+        return self.done
+
+    def fraction(self) -> Optional[float]:
+        """Share received so far (None while the size is unknown)."""
+        if self.path is not None:
+            return 1.0
+        if not self._size:
+            return None
+        received = self._part.stat().st_size if self._part.exists() else 0
+        return min(received / self._size, 0.99)
+
+    def result(self) -> Path:
+        """The verified file; raises the download's error."""
+        if self.error is not None:
+            raise self.error
+        if self.path is None:
+            raise RuntimeError("the download has not finished")
+        return self.path
