@@ -275,14 +275,34 @@ def interpolation_matrix(coords: np.ndarray, size: int) -> np.ndarray:
 
 def paste_logits(volume: Volume, frame: PatchFrame, logits: np.ndarray) -> Tuple[Region, np.ndarray]:
     """Interpolate coarse logits ((n,n,n) over `frame`'s cube, patch axis order) linearly in physical space onto the
-    volume voxels inside the cube. Returns the K,J,I region and the float32 logits there (threshold at 0 for a mask).
+    volume voxels inside the cube. Returns the K,J,I region and the float32 logits there."""
+    region = frame_region(volume, frame)
+    shape = tuple(s.stop - s.start for s in region)
+    values = np.zeros(shape, np.float32)
+    for k, chunk in _pasted_slabs(volume, frame, logits, region):
+        values[k] = chunk
+    return region, values
+
+
+def paste_mask(volume: Volume, frame: PatchFrame, logits: np.ndarray, mask: np.ndarray) -> Region:
+    """`paste_logits` thresholded at 0 straight into `mask` (a bool or uint8 array on the volume's grid), slab by
+    slab so that no full-size float copy is made. Returns the K,J,I region written; the rest of `mask` is untouched."""
+    region = frame_region(volume, frame)
+    target = mask[region]
+    target = target.view(bool) if target.dtype == np.uint8 else target
+    for k, chunk in _pasted_slabs(volume, frame, logits, region):
+        np.greater(chunk, 0, out=target[k])
+    return region
+
+
+def _pasted_slabs(volume: Volume, frame: PatchFrame, logits: np.ndarray, region: Region, slab_voxels: int = 1 << 20):
+    """Yield (K slice within `region`, float32 logits of those slices): the interpolation of `paste_logits`.
 
     Each axis is a small dense interpolation matrix, so the work is three matrix products, the last one writing each
-    output voxel once: fast enough for a 192 mm cube on a sub-millimetre grid.
+    output voxel once, slab by slab to stay in cache: fast enough for a 192 mm cube on a sub-millimetre grid.
     """
     logits = np.asarray(logits, dtype=np.float32)
     coarse = frame.logits_frame(logits.shape[0])
-    region = frame_region(volume, frame)
     mapping = axis_map(volume, coarse)
     matrices = [np.zeros((0, 0), np.float32)] * 3  # per array axis K, J, I: (voxels in region, coarse voxels)
     order = [0, 0, 0]  # logits axis that feeds each array axis
@@ -291,9 +311,12 @@ def paste_logits(volume: Volume, frame: PatchFrame, logits: np.ndarray) -> Tuple
         indices = np.arange(region[axis].start, region[axis].stop, dtype=np.float64)
         matrices[axis] = interpolation_matrix((indices - mapping.offset[r]) / mapping.scale[r], logits.shape[r])
         order[axis] = r
-    values = np.ascontiguousarray(logits.transpose(order))  # now (coarse K, coarse J, coarse I)
+    values = np.ascontiguousarray(logits.transpose(order))  # (coarse K, coarse J, coarse I)
     values = values @ matrices[2].T  # (cK, cJ, nI)
     values = np.matmul(matrices[1], values)  # (cK, nJ, nI)
-    shape = values.shape
-    values = matrices[0] @ values.reshape(shape[0], -1)  # (nK, nJ * nI)
-    return region, values.reshape(len(matrices[0]), shape[1], shape[2])
+    n_j, n_i = values.shape[1:]
+    values = values.reshape(values.shape[0], -1)
+    step = max(1, slab_voxels // max(1, n_j * n_i))
+    for first in range(0, len(matrices[0]), step):
+        rows = slice(first, min(first + step, len(matrices[0])))
+        yield rows, (matrices[0][rows] @ values).reshape(-1, n_j, n_i)

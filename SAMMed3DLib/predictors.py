@@ -1,0 +1,130 @@
+"""The predictor protocol (numpy in, numpy out) and its implementations: the torch network and a threshold oracle.
+
+The session talks only to this protocol, so the torch and ONNX backends, and the threshold oracle used by tests and
+self-tests, are interchangeable. torch is imported only when a torch predictor or device is asked for.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Optional, Protocol, Tuple
+
+import numpy as np
+
+from SAMMed3DLib.errors import SAMMed3DError
+
+if TYPE_CHECKING:
+    import torch
+
+LOGITS_SHAPE = (1, 1, 32, 32, 32)
+
+
+class Predictor(Protocol):
+    """What the session needs from a network: encode a patch once, decode many prompts against it."""
+
+    def encode(self, image: np.ndarray) -> Any:
+        """float32 [1,1,128,128,128] normalised patch -> an embedding the session only passes back to `decode`."""
+
+    def decode(
+        self, embedding: Any, points: np.ndarray, labels: np.ndarray, mask_logits: np.ndarray
+    ) -> Tuple[np.ndarray, np.ndarray]:
+        """points float32 [1,N,3] (patch voxel indices, patch axis order), labels int64 [1,N] (1 include,
+        0 exclude), mask_logits float32 [1,1,32,32,32] -> (logits float32 [1,1,32,32,32], iou float32 [1,1])."""
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """"auto" (CUDA, else Apple MPS, else CPU), "cpu", "cuda" or "mps" as a torch.device; SAMMed3DError if the
+    machine or this torch build lacks it."""
+    import torch
+
+    name = name.lower()
+    cuda = torch.cuda.is_available()
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda":
+        if not cuda:
+            build = "CPU-only torch" if torch.version.cuda is None else f"torch for CUDA {torch.version.cuda}"
+            raise SAMMed3DError(f"device 'cuda' is not available ({build}, no usable NVIDIA GPU); use 'cpu' or 'auto'")
+        return torch.device("cuda")
+    if name == "mps":
+        if not mps:
+            raise SAMMed3DError("device 'mps' is not available (needs Apple silicon and a torch build with MPS); "
+                                "use 'cpu' or 'auto'")
+        return torch.device("mps")
+    raise SAMMed3DError(f"unknown device {name!r}; choose auto, cpu, cuda or mps")
+
+
+class TorchPredictor:
+    """The torch network (`SamMed3D`) behind the predictor protocol; the embedding stays on the device."""
+
+    def __init__(self, model: torch.nn.Module, device: Any = "cpu"):
+        import torch
+
+        self.device = device if isinstance(device, torch.device) else select_device(str(device))
+        self.model = model.to(self.device).eval()
+
+    def encode(self, image: np.ndarray) -> torch.Tensor:
+        import torch
+
+        with torch.inference_mode():
+            return self.model.encode(torch.from_numpy(np.ascontiguousarray(image, np.float32)).to(self.device))
+
+    def decode(
+        self, embedding: torch.Tensor, points: np.ndarray, labels: np.ndarray, mask_logits: np.ndarray
+    ) -> Tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        with torch.inference_mode():
+            logits, iou = self.model.decode(
+                embedding,
+                torch.from_numpy(np.ascontiguousarray(points, np.float32)).to(self.device),
+                torch.from_numpy(np.ascontiguousarray(labels, np.int64)).to(self.device),
+                torch.from_numpy(np.ascontiguousarray(mask_logits, np.float32)).to(self.device),
+                multimask=False,
+            )
+        return logits.float().cpu().numpy(), iou.float().cpu().numpy()
+
+
+class ThresholdPredictor:
+    """A predictor without a network, for tests and self-tests: it segments the connected region of voxels on the
+    clicked voxel's side of a threshold (default: halfway between the clicked intensity and the patch's median).
+
+    A positive click adds that region to the previous mask (the mask prompt), a negative click removes it. Its
+    logits are the region's fraction in each 4^3 block, shifted and scaled so that logit 0 is a half-full block:
+    pasted back and thresholded at 0, the mask follows the region's boundary to within a patch voxel.
+    """
+
+    LOGIT_SCALE = 8.0
+
+    def __init__(self, threshold: Optional[float] = None):
+        self.threshold = threshold
+
+    def encode(self, image: np.ndarray) -> np.ndarray:
+        return np.asarray(image, dtype=np.float32)[0, 0]
+
+    def decode(
+        self, embedding: np.ndarray, points: np.ndarray, labels: np.ndarray, mask_logits: np.ndarray
+    ) -> Tuple[np.ndarray, np.ndarray]:
+        from scipy import ndimage
+
+        image = embedding
+        factor = image.shape[0] // LOGITS_SHAPE[-1]
+        previous = np.asarray(mask_logits)[0, 0] > 0
+        mask = previous.repeat(factor, 0).repeat(factor, 1).repeat(factor, 2)
+        for point, label in zip(np.asarray(points)[0], np.asarray(labels)[0]):
+            if label not in (0, 1):
+                continue
+            voxel = tuple(np.clip(np.round(point).astype(int), 0, image.shape[0] - 1))
+            value = image[voxel]
+            threshold = float(np.median(image)) if self.threshold is None else self.threshold
+            threshold = (value + threshold) / 2 if self.threshold is None else threshold
+            side = image >= threshold if value >= threshold else image < threshold
+            components, _ = ndimage.label(side)
+            region = components == components[voxel]
+            mask = mask | region if label == 1 else mask & ~region
+        blocks = mask.reshape(LOGITS_SHAPE[-1], factor, LOGITS_SHAPE[-1], factor, LOGITS_SHAPE[-1], factor)
+        fraction = blocks.mean(axis=(1, 3, 5), dtype=np.float32)
+        logits = (fraction - 0.5) * self.LOGIT_SCALE
+        return logits.reshape(LOGITS_SHAPE).astype(np.float32), np.ones((1, 1), np.float32)
