@@ -24,8 +24,8 @@ LOCAL_FILE = "local file"  # the model choice that reads `local_path` instead of
 # import name -> pip requirement, for the packages SAMMed3DLib imports that Slicer does not ship.
 # torch is absent on purpose: it is installed through the PyTorch extension (PyTorchUtils), which picks the
 # CPU or CUDA build that fits the machine.
-_PIP = {"skimage": "scikit-image>=0.19", "tqdm": "tqdm>=4.60", "onnxruntime": "onnxruntime>=1.17"}
-_NEEDS = {"torch": ("torch", "skimage", "tqdm"), "onnx": ("onnxruntime", "skimage", "tqdm")}
+_PIP = {"scipy": "scipy>=1.8", "tqdm": "tqdm>=4.60", "onnxruntime": "onnxruntime>=1.17"}
+_NEEDS = {"torch": ("torch", "scipy", "tqdm"), "onnx": ("onnxruntime", "scipy", "tqdm")}
 
 SETTINGS_KEYS = {
     "model": "SAMMed3D/Model",

@@ -1,0 +1,132 @@
+"""The module panel's plain logic: settings, missing packages, background download, predictor, status line."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from SAMMed3DLib.errors import SAMMed3DError
+from SAMMed3DLib.slicer_setup import (
+    LOCAL_FILE,
+    SETTINGS_KEYS,
+    BackgroundDownload,
+    ModelSettings,
+    create_predictor,
+    missing_packages,
+    model_file,
+    status_text,
+)
+
+
+def test_settings_round_trip_through_strings_and_fall_back_on_bad_values():
+    settings = ModelSettings(model=LOCAL_FILE, local_path="/data/model.pth", backend="torch", device="cpu")
+    stored = settings.to_strings()
+    assert set(stored) == set(SETTINGS_KEYS.values()) and all(isinstance(v, str) for v in stored.values())
+    assert ModelSettings.from_strings(stored) == settings
+    assert ModelSettings.from_strings({}) == ModelSettings()
+    # A stale or hand-edited value does not break the panel: defaults, keeping the local path.
+    assert ModelSettings.from_strings({SETTINGS_KEYS["device"]: "tpu", SETTINGS_KEYS["local_path"]: "/x"}) == (
+        ModelSettings(local_path="/x")
+    )
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (ModelSettings(backend="tensorrt"), "unknown backend 'tensorrt'"),
+        (ModelSettings(device="tpu"), "unknown device 'tpu'"),
+        (ModelSettings(model="nonexistent"), "unknown model 'nonexistent'"),
+        (ModelSettings(model=LOCAL_FILE), "choose the model file"),
+        (ModelSettings(backend="onnx"), "exported model folder"),
+    ],
+)
+def test_wrong_choices_are_named(settings, message):
+    with pytest.raises(SAMMed3DError, match=message):
+        settings.validated()
+
+
+def test_missing_packages_lists_torch_apart_from_pip_requirements():
+    installed = {"torch", "scipy"}
+    torch_missing, pip = missing_packages("torch", lambda name: name in installed)
+    assert (torch_missing, pip) == (False, ["tqdm>=4.60"])
+    torch_missing, pip = missing_packages("torch", lambda name: False)
+    assert torch_missing and pip == ["scipy>=1.8", "tqdm>=4.60"]
+    torch_missing, pip = missing_packages("onnx", lambda name: name != "onnxruntime")
+    assert (torch_missing, pip) == (False, ["onnxruntime>=1.17"])
+    assert missing_packages("torch") == (False, [])  # this environment has everything
+
+
+def test_status_line_names_backend_device_and_timings():
+    assert status_text("torch", "cpu") == "PyTorch on cpu"
+    text = status_text("onnx", "cuda", {"encode": 1.0, "decode": 0.25})
+    assert text == "ONNX Runtime on cuda | last click 1.25 s (encode 1.00 s, decode 0.25 s)"
+
+
+def test_model_file_and_predictor_from_a_random_weight_checkpoint(tmp_path, monkeypatch):
+    from SAMMed3DLib.model import build_sam_med3d
+
+    monkeypatch.setenv("SAMMED3D_HOME", str(tmp_path / "home"))
+    assert model_file(ModelSettings()) is None  # nothing downloaded yet
+    with pytest.raises(SAMMed3DError, match="does not exist"):
+        model_file(ModelSettings(model=LOCAL_FILE, local_path=str(tmp_path / "missing.pth")))
+    torch.manual_seed(0)
+    path = tmp_path / "tiny.pth"
+    torch.save(build_sam_med3d("tiny").state_dict(), path)
+    settings = ModelSettings(model=LOCAL_FILE, local_path=str(path), device="cpu")
+    assert model_file(settings) == path
+    predictor, device = create_predictor(settings, path)
+    assert device == "cpu"
+    image = np.random.default_rng(0).standard_normal((1, 1, 128, 128, 128)).astype(np.float32)
+    embedding = predictor.encode(image)
+    points, labels = np.array([[[64, 64, 64]]], np.float32), np.array([[1]], np.int64)
+    logits, iou = predictor.decode(embedding, points, labels, np.zeros((1, 1, 32, 32, 32), np.float32))
+    assert logits.shape == (1, 1, 32, 32, 32) and iou.shape == (1, 1) and np.isfinite(logits).all()
+
+
+class _Slow(http.server.SimpleHTTPRequestHandler):
+    """Serves files in small pieces with pauses, so a download is seen in progress."""
+
+    def copyfile(self, source, outputfile):
+        while chunk := source.read(64 * 1024):
+            outputfile.write(chunk)
+            outputfile.flush()
+            time.sleep(0.01)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_background_download_reports_progress_and_verifies(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAMMED3D_HOME", str(tmp_path / "home"))
+    served = tmp_path / "served"
+    served.mkdir()
+    payload = np.random.default_rng(1).bytes(3 << 20)  # 3 reads of weights._CHUNK
+    (served / "model.pth").write_bytes(payload)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), lambda *a: _Slow(*a, directory=str(served)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/model.pth"
+    try:
+        download = BackgroundDownload(url, sha256=hashlib.sha256(payload).hexdigest(), size=len(payload)).start()
+        seen = []
+        while not download.wait(0.05):
+            seen.append(download.fraction())
+        assert any(0 < f < 0.99 for f in seen)  # progress was visible while the thread ran
+        assert seen == sorted(seen)
+        assert download.fraction() == 1.0
+        path = download.result()
+        assert path.read_bytes() == payload and path.parent == Path(tmp_path / "home" / "weights")
+
+        wrong = BackgroundDownload(url.replace("model", "other"), sha256="0" * 64).start()
+        (served / "other.pth").write_bytes(b"x")
+        wrong.wait(30)
+        with pytest.raises(SAMMed3DError):
+            wrong.result()
+    finally:
+        server.shutdown()
