@@ -13,6 +13,8 @@ from SAMMed3DLib.errors import SAMMed3DError
 
 # Subcommand name -> module in SAMMed3DLib.commands.
 COMMANDS = {
+    "predict": "predict",
+    "evaluate": "evaluate",
     "weights": "weights",
 }
 
