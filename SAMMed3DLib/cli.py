@@ -16,6 +16,7 @@ COMMANDS = {
     "predict": "predict",
     "evaluate": "evaluate",
     "weights": "weights",
+    "export-onnx": "export_onnx",
 }
 
 

@@ -1,0 +1,38 @@
+"""Export a SAM-Med3D checkpoint to ONNX, to run it with ONNX Runtime (CPU or CUDA) instead of PyTorch.
+
+Writes DIR/encoder.onnx (128^3 patch -> image embedding) and DIR/decoder.onnx (points, labels and the previous
+mask's logits -> 32^3 mask logits and predicted IoU; any number of points). Both are checked against torch before
+they replace anything in DIR, and carry the checkpoint's SHA256 and the package version as metadata. Use DIR with
+`--backend onnx --checkpoint DIR` in other commands, or `SAMMed3DLib.OnnxPredictor(DIR)`.
+
+examples:
+  sammed3d export-onnx --checkpoint turbo --output sam_med3d_turbo_onnx
+  sammed3d export-onnx --checkpoint finetuned.pth --output finetuned_onnx
+  sammed3d predict --backend onnx --checkpoint sam_med3d_turbo_onnx ...
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "export a checkpoint to ONNX (encoder.onnx, decoder.onnx) for ONNX Runtime"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, metavar="PATH_OR_NAME",
+                        help="a checkpoint file, or a name from `sammed3d weights list` (downloaded on first use)")
+    parser.add_argument("--output", required=True, metavar="DIR", type=Path,
+                        help="folder for encoder.onnx and decoder.onnx (created if needed)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from SAMMed3DLib import weights
+    from SAMMed3DLib.onnx_export import export_checkpoint
+
+    checkpoint = weights.resolve(args.checkpoint)
+    differences = export_checkpoint(checkpoint, args.output)
+    checked = ", ".join(f"{name} {value:.2g}" for name, value in differences.items())
+    print(f"wrote {args.output / 'encoder.onnx'} and {args.output / 'decoder.onnx'} "
+          f"(largest difference from torch: {checked})")
+    return 0

@@ -1,0 +1,183 @@
+"""Export SAM-Med3D to ONNX: `encoder.onnx` (patch -> embedding) and `decoder.onnx` (prompt encoder and mask decoder
+together: any number of points, a 32^3 mask prompt), for `SAMMed3DLib.onnx_backend.OnnxPredictor`.
+
+The export traces the torch network with the TorchScript-based exporter (`torch.onnx.export(dynamo=False)`): the
+torch.export-based one fails on this encoder in torch 2.13 (its decomposition of `scaled_dot_product_attention`
+followed by the head merge raises a view error). Tracing keeps the encoder's closed-form window attention exactly
+as written (512 real keys plus one padding key, one MatMul-Add-Softmax-MatMul per block), not the reference's
+2744-token window. Every export is checked numerically against torch before it replaces anything in the output
+folder; both files carry the source checkpoint's sha256 and the package version as metadata.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Dict, Optional, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from SAMMed3DLib import __version__
+from SAMMed3DLib.errors import SAMMed3DError
+from SAMMed3DLib.model import SamMed3D, load_sam_med3d
+from SAMMed3DLib.onnx_backend import (
+    CHECKPOINT_NAME_KEY,
+    CHECKPOINT_SHA256_KEY,
+    DECODER_FILE,
+    DECODER_INPUTS,
+    DECODER_OUTPUTS,
+    ENCODER_FILE,
+    ENCODER_INPUTS,
+    ENCODER_OUTPUTS,
+    VERSION_KEY,
+    OnnxPredictor,
+)
+
+OPSET = 18
+# Largest |ONNX Runtime - torch| accepted by the check, relative to max(1, largest |torch value|).
+TOLERANCE = 1e-4
+_CHECK_POINT_COUNTS = (1, 3, 10)
+
+
+class _Encoder(nn.Module):
+    def __init__(self, model: SamMed3D) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model.encode(image)
+
+
+class _Decoder(nn.Module):
+    def __init__(self, model: SamMed3D) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, embedding: torch.Tensor, points: torch.Tensor, labels: torch.Tensor, mask_logits: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.model.decode(embedding, points, labels, mask_logits, multimask=False)
+
+
+def export_checkpoint(checkpoint: Union[str, Path], output: Union[str, Path]) -> Dict[str, float]:
+    """Export a checkpoint file into the folder `output` (created if needed); returns the check's largest
+    differences (see `check_export`)."""
+    from SAMMed3DLib.weights import sha256_of
+
+    checkpoint = Path(checkpoint)
+    model = load_sam_med3d(checkpoint)
+    metadata = {CHECKPOINT_SHA256_KEY: sha256_of(checkpoint), CHECKPOINT_NAME_KEY: checkpoint.name}
+    return export_model(model, output, metadata)
+
+
+def export_model(
+    model: SamMed3D, output: Union[str, Path], metadata: Optional[Dict[str, str]] = None
+) -> Dict[str, float]:
+    """Write `encoder.onnx` and `decoder.onnx` of `model` (moved to CPU float32) into `output`.
+
+    The files are written and checked in a temporary folder inside `output` and only then renamed into place, so a
+    failed export leaves an earlier one untouched. `metadata` adds to the package version in both files.
+    """
+    output = Path(output).expanduser()
+    if output.exists() and not output.is_dir():
+        raise SAMMed3DError(f"--output {output} is a file; give a folder")
+    output.mkdir(parents=True, exist_ok=True)
+    model = model.to("cpu", torch.float32).eval()
+    properties = {VERSION_KEY: __version__, **(metadata or {})}
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=output))
+    try:
+        _export_encoder(model, staging / ENCODER_FILE)
+        _export_decoder(model, staging / DECODER_FILE)
+        for name in (ENCODER_FILE, DECODER_FILE):
+            _add_metadata(staging / name, properties)
+        differences = check_export(model, staging)
+        for name in (ENCODER_FILE, DECODER_FILE):
+            (staging / name).replace(output / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return differences
+
+
+def _export(module: nn.Module, inputs: Tuple[torch.Tensor, ...], path: Path, input_names, output_names,
+            dynamic_axes: Optional[Dict[str, Dict[int, str]]] = None) -> None:
+    with warnings.catch_warnings():
+        # The tracer warns about Python-level shape checks (constant for a fixed patch size) and that this
+        # exporter is the older of the two (see the module docstring for why it is the one used).
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            module,
+            inputs,
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=list(input_names),
+            output_names=list(output_names),
+            dynamic_axes=dynamic_axes,
+            do_constant_folding=True,
+        )
+
+
+def _export_encoder(model: SamMed3D, path: Path) -> None:
+    size = model.config.image_size
+    image = torch.zeros(1, 1, size, size, size)
+    _export(_Encoder(model), (image,), path, ENCODER_INPUTS, ENCODER_OUTPUTS)
+
+
+def _export_decoder(model: SamMed3D, path: Path) -> None:
+    config = model.config
+    grid, logits_size = config.image_size // config.patch_size, config.image_size // 4
+    embedding = torch.zeros(1, config.prompt_dim, grid, grid, grid)
+    points = torch.full((1, 3, 3), config.image_size / 2)
+    labels = torch.tensor([[1, 0, 1]])
+    mask_logits = torch.zeros(1, 1, logits_size, logits_size, logits_size)
+    _export(
+        _Decoder(model), (embedding, points, labels, mask_logits), path, DECODER_INPUTS, DECODER_OUTPUTS,
+        dynamic_axes={"points": {1: "points"}, "labels": {1: "points"}},
+    )
+
+
+def _add_metadata(path: Path, properties: Dict[str, str]) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    onnx.helper.set_model_props(model, properties)
+    onnx.save(model, str(path))
+
+
+@torch.inference_mode()
+def check_export(model: SamMed3D, directory: Path, seed: int = 0) -> Dict[str, float]:
+    """Run the exported files on ONNX Runtime (CPU) and torch with the same random patch and prompts (1, 3 and 10
+    points, a random mask prompt); returns the largest absolute differences of "embedding", "logits" and "iou" and
+    raises SAMMed3DError if one exceeds `TOLERANCE` relative to max(1, the largest torch value)."""
+    config = model.config
+    generator = torch.Generator().manual_seed(seed)
+    size, logits_size = config.image_size, config.image_size // 4
+    predictor = OnnxPredictor(directory, providers="cpu")
+    image = torch.randn(1, 1, size, size, size, generator=generator)
+    expected = model.encode(image)
+    differences = {"embedding": _difference(predictor.encode(image.numpy()), expected), "logits": 0.0, "iou": 0.0}
+    for count in _CHECK_POINT_COUNTS:
+        points = torch.rand(1, count, 3, generator=generator) * size - 0.5
+        labels = torch.randint(0, 2, (1, count), generator=generator)
+        mask_logits = torch.randn(1, 1, logits_size, logits_size, logits_size, generator=generator)
+        logits, iou = model.decode(expected, points, labels, mask_logits)
+        found = predictor.decode(expected.numpy(), points.numpy(), labels.numpy(), mask_logits.numpy())
+        differences["logits"] = max(differences["logits"], _difference(found[0], logits))
+        differences["iou"] = max(differences["iou"], _difference(found[1], iou))
+    return differences
+
+
+def _difference(found: np.ndarray, expected: torch.Tensor) -> float:
+    expected = expected.numpy()
+    if found.shape != expected.shape:
+        raise SAMMed3DError(f"the ONNX export gives shape {found.shape}, torch {expected.shape}")
+    difference = float(np.abs(found - expected).max())
+    if not difference <= TOLERANCE * max(1.0, float(np.abs(expected).max())):
+        raise SAMMed3DError(f"the ONNX export differs from torch by {difference:.3g} (tolerance {TOLERANCE:g} "
+                            "relative); not written")
+    return difference
