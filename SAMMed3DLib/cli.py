@@ -17,6 +17,7 @@ COMMANDS = {
     "evaluate": "evaluate",
     "weights": "weights",
     "export-onnx": "export_onnx",
+    "finetune": "finetune",
 }
 
 

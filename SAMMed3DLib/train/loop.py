@@ -1,0 +1,496 @@
+"""The reference's fine-tuning recipe (facts file), resumable exactly and runnable on one process or many.
+
+One micro-batch: encode the crops once, then 11 interaction steps, each adding one click drawn from the current
+error region (clicks.py) with the previous step's 32^3 logits as mask prompt (not detached); at one random step in
+2..8 and at the last step the decoder sees the mask prompt only. The loss is Dice + binary cross-entropy on the logits
+upsampled to the crop, summed over the steps. AdamW (weight decay 0.1) with the image encoder at `lr` and the prompt
+encoder and decoder at `lr / 10`, MultiStepLR x0.1 at 60% and 90% of the epochs (the reference's 120 and 180 of 200),
+gradient accumulation, autocast on CUDA (bf16 where supported, else fp16 with a GradScaler), gradient clipping.
+
+Every random draw comes from generators seeded by (seed, epoch, position), so a run interrupted after any optimiser
+step and continued with `resume` ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from SAMMed3DLib import clicks
+from SAMMed3DLib.errors import SAMMed3DError
+from SAMMed3DLib.train import data
+from SAMMed3DLib.train.distributed import Context, barrier, gather, mean
+
+LATEST = "sam_model_latest.pth"
+BEST = "sam_model_dice_best.pth"
+LOG = "train_log.jsonl"
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one run; the defaults are the reference's fine-tuning recipe on one GPU."""
+
+    data: str
+    output: str
+    checkpoint: Optional[str] = None
+    variant: Optional[str] = None  # None: the checkpoint's variant, or vit_b_ori without a checkpoint
+    epochs: int = 200
+    max_steps: Optional[int] = None
+    batch_size: int = 2
+    accumulation_steps: int = 20
+    lr: float = 8e-5
+    weight_decay: float = 0.1
+    clip_norm: float = 1.0
+    device: str = "auto"
+    seed: int = 0
+    num_workers: int = 4
+    resume: bool = False
+    interaction_steps: int = 11
+    validation_fraction: float = 0.1
+    validation_clicks: Tuple[int, ...] = (1, 5)
+    min_voxels: int = data.MIN_TARGET_VOXELS
+    progress: bool = True
+    model_overrides: Dict[str, Any] = field(default_factory=dict)
+    milestones: List[int] = field(default_factory=list)  # filled from `epochs` when empty
+
+
+def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """MONAI's DiceCELoss(sigmoid=True, squared_pred=True) as the reference uses it: per-sample soft Dice with
+    squared denominators (smoothing 1e-5) averaged over the batch, plus mean binary cross-entropy on the logits."""
+    logits = logits.float()
+    probability = torch.sigmoid(logits)
+    dims = tuple(range(2, logits.ndim))
+    intersection = (probability * target).sum(dims)
+    denominator = (probability * probability).sum(dims) + (target * target).sum(dims)
+    dice = 1 - (2 * intersection + 1e-5) / (denominator + 1e-5)
+    return dice.mean() + F.binary_cross_entropy_with_logits(logits, target)
+
+
+def decode_mask_only(model: nn.Module, embedding: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
+    """Logits from the mask prompt alone: no sparse prompt at all (not even the padding point), as the reference's
+    prompt encoder gives for `points=None` in its mask-only steps."""
+    prompt = model.prompt_encoder
+    sparse = embedding.new_zeros((embedding.shape[0], 0, prompt.embed_dim))
+    dense = prompt.embed_mask(mask_logits, embedding.shape[0])
+    image_pe = prompt.dense_positional_encoding().to(embedding.dtype)
+    logits, _ = model.mask_decoder(embedding, image_pe, sparse, dense, False)
+    return logits
+
+
+class ClickTraining(nn.Module):
+    """The interactive loss of one micro-batch as a single forward pass, so DistributedDataParallel sees one forward
+    (and synchronises one backward) per micro-batch."""
+
+    def __init__(self, model: nn.Module, steps: int) -> None:
+        super().__init__()
+        self.model = model
+        self.steps = steps
+
+    def forward(
+        self, image: torch.Tensor, label: torch.Tensor, rng: np.random.Generator
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(summed loss, last upsampled logits) for images and 0/1 labels (B, 1, S, S, S)."""
+        mask_only_step = int(rng.integers(2, 9))
+        embedding = self.model.encode(image)
+        size = label.shape[-1]
+        low_res = image.new_zeros((image.shape[0], 1) + (size // 4,) * 3)
+        logits = None
+        total = image.new_zeros(())
+        for step in range(self.steps):
+            prediction = None if logits is None else logits > 0
+            points, labels = clicks.next_clicks(label, prediction, rng)
+            if step in (mask_only_step, self.steps - 1):
+                low_res = decode_mask_only(self.model, embedding, low_res)
+            else:
+                points_t = torch.from_numpy(points).to(image.device, torch.float32)[:, None]
+                labels_t = torch.from_numpy(labels).to(image.device)[:, None]
+                low_res, _ = self.model.decode(embedding, points_t, labels_t, low_res)
+            logits = F.interpolate(low_res, size=label.shape[-3:], mode="trilinear", align_corners=False)
+            total = total + dice_ce_loss(logits, label)
+        return total, logits
+
+
+def autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
+    """bf16 on GPUs that support it, fp16 on older ones, no autocast on CPU."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _autocast(device: torch.device):
+    dtype = autocast_dtype(device)
+    return torch.autocast("cuda", dtype=dtype) if dtype is not None else nullcontext()
+
+
+def dice(prediction: torch.Tensor, truth: torch.Tensor) -> float:
+    """Dice of two boolean masks; 1.0 when both are empty."""
+    total = int(prediction.sum()) + int(truth.sum())
+    return 1.0 if total == 0 else 2.0 * int((prediction & truth).sum()) / total
+
+
+@torch.no_grad()
+def validate(model: nn.Module, dataset: data.TargetCrops, context: Context, seed: int,
+             click_counts: Tuple[int, ...]) -> Dict[str, float]:
+    """Mean Dice after each of `click_counts` clicks with the paper's protocol (first click uniform in the target,
+    each next one uniform in the error region; newest click plus previous logits), on the held-out crops.
+    The targets are shared among the processes; every process gets the means."""
+    was_training = model.training
+    model.eval()
+    scores: List[List[float]] = []
+    for index in range(context.rank, len(dataset), context.world_size):
+        rng = np.random.default_rng([seed, 11, index])
+        image, truth = dataset.crop(index)
+        image = data.normalise(image, dataset.cases[dataset.targets[index].case].modality)
+        image_t = torch.from_numpy(image)[None, None].to(context.device)
+        truth_t = torch.from_numpy(np.ascontiguousarray(truth)).to(context.device)
+        with _autocast(context.device):
+            embedding = model.encode(image_t)
+            low_res = image_t.new_zeros((1, 1) + (dataset.size // 4,) * 3)
+            prediction = None
+            row = []
+            for click in range(1, max(click_counts) + 1):
+                point, label = clicks.next_clicks(truth_t, prediction, rng)
+                points_t = torch.from_numpy(point).to(context.device, torch.float32)[:, None]
+                low_res, _ = model.decode(embedding, points_t, torch.from_numpy(label).to(context.device)[:, None],
+                                          low_res)
+                logits = F.interpolate(low_res.float(), size=truth.shape, mode="trilinear", align_corners=False)
+                prediction = logits[0, 0] > 0
+                if click in click_counts:
+                    row.append(dice(prediction, truth_t))
+        scores.append(row)
+    model.train(was_training)
+    everything = [row for part in gather(context, scores) for row in part]
+    means = np.mean(np.asarray(everything, dtype=np.float64), axis=0) if everything else [math.nan] * len(click_counts)
+    result = {f"dice_{count}": float(value) for count, value in zip(click_counts, means)}
+    result["targets"] = len(everything)
+    return result
+
+
+def _rng_state() -> Dict[str, Any]:
+    """Global RNG states as tensors and plain values (readable with torch.load(weights_only=True))."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(handle)
+    try:
+        torch.save(obj, temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+class Trainer:
+    """Holds the model, optimiser, scheduler and position of one run; `run()` trains to the end or `max_steps`."""
+
+    def __init__(self, config: TrainConfig, context: Context) -> None:
+        self.config = config
+        self.context = context
+        self.output = Path(config.output)
+        if config.batch_size < 1 or config.accumulation_steps < 1 or config.epochs < 1:
+            raise SAMMed3DError("--batch-size, --accumulation-steps and --epochs must be at least 1")
+        if config.max_steps is not None and config.max_steps < 1:
+            raise SAMMed3DError("--max-steps must be at least 1")
+        if context.is_main:
+            self.output.mkdir(parents=True, exist_ok=True)
+        seed_everything(config.seed + context.rank)
+        if config.resume and not (self.output / LATEST).is_file():
+            raise SAMMed3DError(f"--resume: no {LATEST} in {self.output}; run once without --resume first")
+        self.model = self._build_model()
+        self.train_set, self.validation_set = self._datasets()
+        self.optimizer = torch.optim.AdamW(
+            [
+                {"params": self.model.image_encoder.parameters(), "lr": config.lr},
+                {"params": self.model.prompt_encoder.parameters(), "lr": config.lr * 0.1},
+                {"params": self.model.mask_decoder.parameters(), "lr": config.lr * 0.1},
+            ],
+            lr=config.lr,
+            betas=(0.9, 0.999),
+            weight_decay=config.weight_decay,
+        )
+        milestones = config.milestones or [round(0.6 * config.epochs), round(0.9 * config.epochs)]
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones, gamma=0.1)
+        use_scaler = autocast_dtype(context.device) == torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+        self.step = 0
+        self.epoch = 0
+        self.micro_batch = 0  # micro-batches of the current epoch already trained on
+        self.best_dice = -math.inf
+        self._saved_at: Optional[Tuple[int, int, int]] = None
+        self.losses: List[float] = []
+        self.dices: List[float] = []
+        if config.resume:
+            self._resume()
+        self.model.train()
+        network: nn.Module = ClickTraining(self.model, config.interaction_steps)
+        if context.distributed:
+            device_ids = [context.device.index] if context.device.type == "cuda" else None
+            # The IoU head and the unused prompt embeddings get no gradient from this loss.
+            network = nn.parallel.DistributedDataParallel(network, device_ids=device_ids, find_unused_parameters=True)
+        self.network = network
+
+    # --- setup -----------------------------------------------------------------------------------------------
+
+    def _build_model(self) -> nn.Module:
+        """The network to train: from OUTPUT's latest checkpoint (resume), `checkpoint`, or random weights.
+
+        `model_overrides` (not on the command line) change configuration fields, e.g. a smaller `image_size` for
+        fast tests; the variant must then be named, and a checkpoint must fit the changed network.
+        """
+        from SAMMed3DLib.model import build_sam_med3d, load_sam_med3d, read_state_dict
+
+        config = self.config
+        source: Optional[Path] = None
+        if config.resume:  # the weights come later with the rest of the state; the file tells the variant
+            source = self.output / LATEST
+        elif config.checkpoint:
+            from SAMMed3DLib import weights
+
+            source = weights.resolve(config.checkpoint, progress=sys.stderr if self.context.is_main else None)
+        if source is not None and not config.model_overrides:
+            return load_sam_med3d(source, self.context.device, config.variant)
+        if config.model_overrides and not config.variant:
+            raise SAMMed3DError("model_overrides need a named variant to override")
+        model = build_sam_med3d(config.variant or "vit_b_ori", **config.model_overrides)
+        if source is not None:
+            model.load_state_dict(read_state_dict(source), strict=True)
+        return model.to(self.context.device)
+
+    def _datasets(self) -> Tuple[data.TargetCrops, Optional[data.TargetCrops]]:
+        config, context = self.config, self.context
+        cases = data.find_cases(Path(config.data))
+        train_cases, validation_cases = data.split_cases(cases, config.validation_fraction, config.seed)
+        cache = self.output / "cache"
+        everything = train_cases + validation_cases
+        for case in everything[context.rank :: context.world_size]:  # each process resamples its share
+            data.cache_case(case, cache)
+        barrier(context)
+        size = self.model.config.image_size
+        train_cached, train_targets = data.load_cached([data.cache_case(c, cache) for c in train_cases])
+        train_set = data.TargetCrops(train_cached, train_targets, size, augment=True, min_voxels=config.min_voxels)
+        validation_set = None
+        if validation_cases:
+            cached, targets = data.load_cached([data.cache_case(c, cache) for c in validation_cases])
+            validation_set = data.TargetCrops(cached, targets, size, augment=False)
+        return train_set, validation_set
+
+    def _resume(self) -> None:
+        state = torch.load(self.output / LATEST, map_location=self.context.device, weights_only=True)
+        self.model.load_state_dict(state["model_state_dict"], strict=True)
+        self.optimizer.load_state_dict(state["optimizer_state_dict"])
+        self.scheduler.load_state_dict(state["lr_scheduler_state_dict"])
+        self.scaler.load_state_dict(state["scaler_state_dict"])
+        self.step, self.epoch, self.micro_batch = state["step"], state["epoch"], state["micro_batch"]
+        self.best_dice = state["best_dice"]
+        self.losses, self.dices = list(state["losses"]), list(state["dices"])
+        rng_states = state["rng_states"]
+        if len(rng_states) == self.context.world_size:
+            _set_rng_state(rng_states[self.context.rank])
+        if self.context.is_main:
+            self._truncate_log()
+
+    def _truncate_log(self) -> None:
+        """Drop log lines written after the checkpoint we resume from (a run killed between two saves)."""
+        path = self.output / LOG
+        if not path.is_file():
+            return
+        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= self.step]
+        path.write_text("".join(line + "\n" for line in kept))
+
+    # --- saving ------------------------------------------------------------------------------------------------
+
+    def _checkpoint(self) -> Dict[str, Any]:
+        args = {key: (list(value) if isinstance(value, tuple) else value) for key, value in asdict(self.config).items()}
+        args["model_overrides"] = {key: (list(value) if isinstance(value, tuple) else value)
+                                   for key, value in self.config.model_overrides.items()}
+        return {
+            "model_state_dict": self.model.state_dict(),
+            "optimizer_state_dict": self.optimizer.state_dict(),
+            "lr_scheduler_state_dict": self.scheduler.state_dict(),
+            "scaler_state_dict": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "micro_batch": self.micro_batch,
+            "losses": self.losses,
+            "dices": self.dices,
+            "best_loss": min(self.losses) if self.losses else math.inf,
+            "best_dice": self.best_dice,
+            "args": args,
+            "rng_states": gather(self.context, _rng_state()),
+        }
+
+    def save(self, name: str) -> None:
+        """Write a checkpoint in the reference's format (all processes call this; only rank 0 writes)."""
+        checkpoint = self._checkpoint()
+        if self.context.is_main:
+            _atomic_save(checkpoint, self.output / name)
+        if name == LATEST:
+            self._saved_at = self.step, self.epoch, self.micro_batch
+
+    def log(self, record: Dict[str, Any]) -> None:
+        if self.context.is_main:
+            with open(self.output / LOG, "a") as stream:
+                stream.write(json.dumps(record) + "\n")
+
+    # --- training ----------------------------------------------------------------------------------------------
+
+    def _loader(self, batches: data.EpochBatches):
+        return torch.utils.data.DataLoader(
+            self.train_set,
+            batch_sampler=batches,
+            num_workers=self.config.num_workers,
+            collate_fn=data.collate,
+            pin_memory=self.context.device.type == "cuda",
+        )
+
+    def _steps_per_epoch(self) -> int:
+        config = self.config
+        return data.steps_per_epoch(len(self.train_set), config.batch_size, config.accumulation_steps,
+                                    self.context.world_size)
+
+    def total_steps(self) -> int:
+        total = self._steps_per_epoch() * self.config.epochs
+        return total if self.config.max_steps is None else min(total, self.config.max_steps)
+
+    def _finished(self) -> bool:
+        return self.step >= self.total_steps()
+
+    def run(self) -> Dict[str, Any]:
+        """Train until the last epoch or `max_steps`; returns the last step's and validation's numbers."""
+        config, context = self.config, self.context
+        progress = None
+        if context.is_main and config.progress:
+            from tqdm import tqdm
+
+            progress = tqdm(total=self.total_steps(), initial=self.step, unit="step", desc="finetune", file=sys.stderr)
+        summary: Dict[str, Any] = {}
+        try:
+            while not self._finished():
+                completed = self._train_epoch(progress, summary)
+                if not completed:
+                    break
+                self.scheduler.step()
+                self.epoch += 1
+                self.micro_batch = 0
+                self._end_of_epoch(summary)
+            if self._saved_at != (self.step, self.epoch, self.micro_batch):
+                self.save(LATEST)
+        except KeyboardInterrupt:
+            if not context.distributed:  # keep what was trained, from the last optimiser step on
+                self.micro_batch -= self.micro_batch % config.accumulation_steps
+                self.optimizer.zero_grad(set_to_none=True)
+                self.save(LATEST)
+            raise
+        finally:
+            if progress is not None:
+                progress.close()
+        return summary
+
+    def _train_epoch(self, progress, summary: Dict[str, Any]) -> bool:
+        """Micro-batches of the current epoch from `micro_batch` on; False if `max_steps` ended it early."""
+        config, context = self.config, self.context
+        batches = data.EpochBatches(len(self.train_set), config.batch_size, config.accumulation_steps,
+                                    context.world_size, context.rank, config.seed, self.epoch, self.micro_batch)
+        accumulated, started = 0.0, time.perf_counter()
+        for batch in self._loader(batches):
+            if self._finished():
+                return False
+            last_of_step = (self.micro_batch + 1) % config.accumulation_steps == 0
+            rng = np.random.default_rng([config.seed, self.epoch, self.micro_batch, context.rank, 1])
+            image = batch["image"].to(context.device, non_blocking=True)
+            label = batch["label"].to(context.device, non_blocking=True)
+            sync = nullcontext() if last_of_step or not context.distributed else self.network.no_sync()
+            with sync:
+                with _autocast(context.device):
+                    loss, _ = self.network(image, label, rng)
+                self.scaler.scale(loss / config.accumulation_steps).backward()
+            accumulated += float(loss.detach())
+            self.micro_batch += 1
+            if last_of_step:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.clip_norm)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                step_loss = mean(context, accumulated / config.accumulation_steps)
+                self.losses.append(step_loss)
+                seconds = time.perf_counter() - started
+                record = {
+                    "kind": "train", "step": self.step, "epoch": self.epoch, "loss": step_loss,
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                    "lr_prompt_decoder": self.optimizer.param_groups[1]["lr"],
+                    "seconds": seconds,
+                    "samples_per_s": config.batch_size * config.accumulation_steps * context.world_size / seconds,
+                }
+                self.log(record)
+                summary.update(record)
+                if progress is not None:
+                    progress.update(1)
+                    progress.set_postfix(loss=f"{step_loss:.3f}", epoch=self.epoch)
+                accumulated, started = 0.0, time.perf_counter()
+        return True
+
+    def _end_of_epoch(self, summary: Dict[str, Any]) -> None:
+        """Validate on the held-out split, keep the best-Dice checkpoint and the latest one."""
+        if self.validation_set is not None and len(self.validation_set):
+            started = time.perf_counter()
+            scores = validate(self.model, self.validation_set, self.context, self.config.seed,
+                              tuple(self.config.validation_clicks))
+            score = float(np.mean([scores[f"dice_{c}"] for c in self.config.validation_clicks]))
+            self.dices.append(score)
+            best = score > self.best_dice
+            if best:
+                self.best_dice = score
+            record = {"kind": "validation", "step": self.step, "epoch": self.epoch, **scores,
+                      "best": best, "seconds": time.perf_counter() - started}
+            self.log(record)
+            summary["validation"] = record
+            if best:
+                self.save(BEST)
+        self.save(LATEST)
+
+
+def train(config: TrainConfig, context: Context) -> Dict[str, Any]:
+    """Run the whole recipe; returns the last logged numbers."""
+    return Trainer(config, context).run()
