@@ -84,12 +84,15 @@ def region_extent(region: Region, extent: Sequence[int]) -> Extent:
     )
 
 
-def write_region(image, mask: np.ndarray, region: Region, extent: Sequence[int]) -> None:
-    """Make `image` (any vtkImageData, e.g. a fresh vtkOrientedImageData) hold `mask[region]` as unsigned char,
-    with the extent of that region inside `extent`: a modifier labelmap that covers only what changed."""
-    block = np.ascontiguousarray(mask[region], dtype=np.uint8)
+def write_region(image, content: np.ndarray, region: Region, extent: Sequence[int]) -> None:
+    """Make `image` (any vtkImageData, e.g. a fresh vtkOrientedImageData) hold `content`, the K,J,I block of
+    `region` of an array over `extent`, as unsigned char: a modifier labelmap that covers only what changed."""
+    block = np.ascontiguousarray(content, dtype=np.uint8)
     if block.size == 0:
         raise ValueError("the region to write is empty")
+    expected = tuple(s.stop - s.start for s in region)
+    if block.shape != expected:
+        raise ValueError(f"content has shape {block.shape}, the region {expected}")
     image.SetExtent(*region_extent(region, extent))
     image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
     numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = block.ravel()

@@ -119,11 +119,14 @@ def create_predictor(settings: ModelSettings, path: Path):
 
 def status_text(backend: str, device: str, timings: Optional[Mapping[str, float]] = None) -> str:
     """The effect's status line: where the model runs and what the last click cost, e.g.
-    `PyTorch on cuda | last click 1.21 s (encode 1.02 s, decode 0.05 s, ...)`."""
+    `PyTorch on cuda | last click 1.21 s (encode 1.02 s, decode 0.05 s, ...)`. `timings` are a session
+    Prediction's: seconds per stage, and "total" if the session measured it (else the stages' sum)."""
     text = f"{BACKENDS.get(backend, backend)} on {device}"
     if timings:
-        parts = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in timings.items())
-        text += f" | last click {sum(timings.values()):.2f} s ({parts})"
+        stages = {name: seconds for name, seconds in timings.items() if name != "total"}
+        total = timings.get("total", sum(stages.values()))
+        parts = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in stages.items())
+        text += f" | last click {total:.2f} s ({parts})"
     return text
 
 

@@ -85,7 +85,7 @@ def test_write_region_covers_only_the_changed_box_and_round_trips():
     mask = (rng.random(extent_shape(EXTENT)) > 0.5).astype(np.uint8)
     region = (slice(1, 3), slice(2, 6), slice(4, 9))
     image = vtk.vtkImageData()
-    write_region(image, mask, region, EXTENT)
+    write_region(image, mask[region], region, EXTENT)
     assert image.GetExtent() == region_extent(region, EXTENT) == (7, 11, 0, 3, 6, 7)
     assert image.GetScalarType() == vtk.VTK_UNSIGNED_CHAR
     np.testing.assert_array_equal(image_array(image), mask[region])
@@ -103,6 +103,8 @@ def test_bad_input_is_refused_with_a_message():
     with pytest.raises(ValueError, match="4x4"):
         transform_point(np.eye(3), (0, 0, 0))
     with pytest.raises(ValueError, match="empty"):
-        write_region(vtk.vtkImageData(), np.zeros((2, 2, 2)), (slice(1, 1), slice(0, 2), slice(0, 2)), (0, 1) * 3)
+        write_region(vtk.vtkImageData(), np.zeros((0, 2, 2)), (slice(1, 1), slice(0, 2), slice(0, 2)), (0, 1) * 3)
+    with pytest.raises(ValueError, match="shape"):
+        write_region(vtk.vtkImageData(), np.zeros((2, 2, 2)), (slice(0, 1), slice(0, 2), slice(0, 2)), (0, 1) * 3)
     with pytest.raises(ValueError, match="no voxels"):
         image_array(vtk.vtkImageData())

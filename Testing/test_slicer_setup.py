@@ -67,6 +67,8 @@ def test_status_line_names_backend_device_and_timings():
     assert status_text("torch", "cpu") == "PyTorch on cpu"
     text = status_text("onnx", "cuda", {"encode": 1.0, "decode": 0.25})
     assert text == "ONNX Runtime on cuda | last click 1.25 s (encode 1.00 s, decode 0.25 s)"
+    text = status_text("torch", "cpu", {"preprocess": 0.1, "encode": 0.0, "decode": 0.02, "paste": 0.03, "total": 0.2})
+    assert text == "PyTorch on cpu | last click 0.20 s (preprocess 0.10 s, encode 0.00 s, decode 0.02 s, paste 0.03 s)"
 
 
 def test_model_file_and_predictor_from_a_random_weight_checkpoint(tmp_path, monkeypatch):
