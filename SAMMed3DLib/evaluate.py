@@ -296,10 +296,10 @@ def evaluate(
     labels: Path,
     output: Path,
     settings: Settings,
-    progress: Optional[IO[str]] = sys.stderr,
+    progress: bool = True,
 ) -> Dict[str, Any]:
     """Evaluate every case not yet finished in `output`, then (re)write metrics.csv, summary.json and the plot.
-    Returns the summary."""
+    Returns the summary; `progress` shows a bar with the estimated time left on stderr."""
     if settings.protocol not in PROTOCOLS:
         raise SAMMed3DError(f"--protocol {settings.protocol}: use one of {', '.join(PROTOCOLS)}")
     if settings.clicks < 1:
@@ -313,7 +313,7 @@ def evaluate(
 
     from tqdm import tqdm
 
-    with tqdm(total=len(todo), unit="case", desc="evaluate", file=progress, disable=progress is None) as bar:
+    with tqdm(total=len(todo), unit="case", desc="evaluate", file=sys.stderr, disable=not progress) as bar:
         for case in todo:
             bar.set_postfix_str(case.name)
             rows = evaluate_case(predictor, case, settings, names)

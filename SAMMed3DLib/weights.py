@@ -20,7 +20,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Optional
+from typing import Optional
 
 from SAMMed3DLib.errors import SAMMed3DError
 
@@ -152,7 +152,7 @@ def download(
     name_or_url: str,
     sha256: Optional[str] = None,
     retries: int = 3,
-    progress: Optional[IO[str]] = sys.stderr,
+    progress: bool = True,
     timeout: float = 30.0,
     retry_delay: float = 2.0,
 ) -> Path:
@@ -211,7 +211,7 @@ def download(
     return target
 
 
-def _fetch(url: str, part: Path, progress: Optional[IO[str]], timeout: float, size: Optional[int]) -> None:
+def _fetch(url: str, part: Path, progress: bool, timeout: float, size: Optional[int]) -> None:
     """Append the rest of `url` to `part` (Range request from its current size); complete when this returns."""
     offset = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(url, headers={"User-Agent": "sammed3d", "Accept-Encoding": "identity"})
@@ -232,7 +232,7 @@ def _fetch(url: str, part: Path, progress: Optional[IO[str]], timeout: float, si
 
         with open(part, "ab" if offset else "wb") as out, tqdm(
             total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-            desc=part.name[: -len(".part")], file=progress, disable=progress is None, leave=False,
+            desc=part.name[: -len(".part")], file=sys.stderr, disable=not progress, leave=False,
         ) as bar:
             received = offset
             while True:
@@ -294,7 +294,7 @@ def import_file(path: Path, name: Optional[str] = None, sha256: Optional[str] = 
     return target
 
 
-def resolve(path_or_name: str, progress: Optional[IO[str]] = sys.stderr) -> Path:
+def resolve(path_or_name: str, progress: bool = True) -> Path:
     """A `--checkpoint` value as a local file: an existing path, a cached name, or a registry name downloaded now."""
     path = Path(path_or_name).expanduser()
     if path.is_file():

@@ -87,7 +87,7 @@ def cache_files(home: Path) -> list[str]:
 
 def test_dropped_transfer_resumes_with_a_range_request(server, home):
     server.drop_first = True
-    path = weights.download(server.url, sha256=PAYLOAD_SHA, progress=None, retry_delay=0)
+    path = weights.download(server.url, sha256=PAYLOAD_SHA, progress=False, retry_delay=0)
     assert path == home / "weights" / "model.pth"
     assert path.read_bytes() == PAYLOAD
     assert server.requests == [None, f"bytes={server.drop_at}-"]
@@ -97,10 +97,10 @@ def test_dropped_transfer_resumes_with_a_range_request(server, home):
 def test_interrupted_download_resumes_in_a_later_call(server, home):
     server.drop_first = True
     with pytest.raises(SAMMed3DError, match="interrupted.*run the same command again"):
-        weights.download(server.url, sha256=PAYLOAD_SHA, retries=1, progress=None)
+        weights.download(server.url, sha256=PAYLOAD_SHA, retries=1, progress=False)
     assert cache_files(home) == ["model.pth.part"]  # nothing visible under the final name
     assert (home / "weights" / "model.pth.part").stat().st_size == server.drop_at
-    path = weights.download(server.url, sha256=PAYLOAD_SHA, progress=None)
+    path = weights.download(server.url, sha256=PAYLOAD_SHA, progress=False)
     assert path.read_bytes() == PAYLOAD
     assert server.requests[-1] == f"bytes={server.drop_at}-"
     assert cache_files(home) == ["model.pth"]
@@ -109,32 +109,32 @@ def test_interrupted_download_resumes_in_a_later_call(server, home):
 def test_wrong_file_is_refused_and_nothing_is_left(server, home):
     server.body = PAYLOAD[:-3] + b"bad"
     with pytest.raises(SAMMed3DError, match=f"SHA256 mismatch.*expected {PAYLOAD_SHA}"):
-        weights.download(server.url, sha256=PAYLOAD_SHA, progress=None)
+        weights.download(server.url, sha256=PAYLOAD_SHA, progress=False)
     assert cache_files(home) == []
     server.body = PAYLOAD  # the right file is then accepted
-    assert weights.download(server.url, sha256=PAYLOAD_SHA, progress=None).read_bytes() == PAYLOAD
+    assert weights.download(server.url, sha256=PAYLOAD_SHA, progress=False).read_bytes() == PAYLOAD
 
 
 def test_verified_file_is_never_downloaded_twice(server, home):
-    weights.download(server.url, sha256=PAYLOAD_SHA, progress=None)
-    weights.download(server.url, sha256=PAYLOAD_SHA, progress=None)
+    weights.download(server.url, sha256=PAYLOAD_SHA, progress=False)
+    weights.download(server.url, sha256=PAYLOAD_SHA, progress=False)
     assert server.requests == [None]
 
 
 def test_registry_name_downloads_and_resolves(server, home, monkeypatch):
     entry = weights.Checkpoint("turbo", "sam_med3d_turbo.pth", server.url, server.url, len(PAYLOAD), PAYLOAD_SHA, "")
     monkeypatch.setattr(weights, "REGISTRY", (entry,))
-    path = weights.resolve("turbo", progress=None)
+    path = weights.resolve("turbo", progress=False)
     assert path == home / "weights" / "sam_med3d_turbo.pth" and path.read_bytes() == PAYLOAD
-    assert weights.resolve("turbo", progress=None) == path
+    assert weights.resolve("turbo", progress=False) == path
     assert len(server.requests) == 1
 
 
 def test_unknown_hash_is_refused_with_the_computed_hash_and_kept_for_a_rerun(server, home):
     with pytest.raises(SAMMed3DError, match=f"--sha256 {PAYLOAD_SHA}"):
-        weights.download(server.url, progress=None)
+        weights.download(server.url, progress=False)
     assert cache_files(home) == ["model.pth.part"]
-    path = weights.download(server.url, sha256=PAYLOAD_SHA, progress=None)
+    path = weights.download(server.url, sha256=PAYLOAD_SHA, progress=False)
     assert path.read_bytes() == PAYLOAD
     assert server.requests == [None, f"bytes={len(PAYLOAD)}-"]  # answered 416: nothing transferred again
 
@@ -152,7 +152,7 @@ def test_offline_machine_gets_one_line_pointing_at_import(home, capsys):
 
 def test_google_drive_only_entry_points_at_its_page(home):
     with pytest.raises(SAMMed3DError, match="drive.google.com.*weights import FILE --name base"):
-        weights.download("base", progress=None)
+        weights.download("base", progress=False)
 
 
 def test_import_verify_and_resolve(tmp_path, home, monkeypatch, capsys):
@@ -190,7 +190,7 @@ def test_resolve_errors_name_the_problem(tmp_path, home):
     with pytest.raises(SAMMed3DError, match="is a folder"):
         weights.resolve(str(tmp_path))
     with pytest.raises(SAMMed3DError, match="not a SHA256"):
-        weights.download("turbo", sha256="abc", progress=None)
+        weights.download("turbo", sha256="abc", progress=False)
 
 
 def test_list_shows_the_registry_with_turbo_first(home, capsys):

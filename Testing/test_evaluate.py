@@ -1,0 +1,196 @@
+"""Dataset evaluation: real CT and MR cases with a random-weight checkpoint (deterministic, resumable), the threshold
+oracle on multi-label files (high Dice that does not fall with more clicks), pairing and bad folders."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from random_weights import save_random_checkpoint
+
+from SAMMed3DLib import evaluate as evaluation
+from SAMMed3DLib.cli import main
+from SAMMed3DLib.errors import SAMMed3DError
+from SAMMed3DLib.evaluate import Settings, evaluate, label_names, pair_cases
+from SAMMed3DLib.predictors import ThresholdPredictor
+
+CROPS = {"lung2": (120, 120, 24), "brain1": (100, 100, 25), "brain2": (100, 100, 23)}  # I, J, K voxels
+
+
+@pytest.fixture(scope="module")
+def real_dataset(pyradiomics_data, tmp_path_factory) -> Path:
+    """pyradiomics' CT and MR cases, cropped around their lesions (so that one ROI covers each), in nnU-Net layout."""
+    root = tmp_path_factory.mktemp("dataset")
+    (root / "imagesTr").mkdir()
+    (root / "labelsTr").mkdir()
+    for name, size in CROPS.items():
+        image = sitk.ReadImage(str(pyradiomics_data / f"{name}_image.nrrd"))
+        label = sitk.ReadImage(str(pyradiomics_data / f"{name}_label.nrrd"))
+        centre = np.argwhere(sitk.GetArrayFromImage(label) > 0).mean(axis=0).round().astype(int)[::-1]
+        start = [int(np.clip(centre[a] - size[a] // 2, 0, image.GetSize()[a] - size[a])) for a in range(3)]
+        sitk.WriteImage(sitk.RegionOfInterest(image, size, start), str(root / "imagesTr" / f"{name}_0000.nii.gz"))
+        sitk.WriteImage(sitk.RegionOfInterest(label, size, start), str(root / "labelsTr" / f"{name}.nii.gz"))
+    (root / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "lesion": 1}}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    return save_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pth", variant="tiny", seed=0)
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as stream:
+        return list(csv.DictReader(stream))
+
+
+def test_random_weight_checkpoint_on_real_cases_is_deterministic_and_resumable(
+    real_dataset, tiny_checkpoint, tmp_path, capsys
+):
+    output = tmp_path / "out"
+    args = ["evaluate", "--images", str(real_dataset / "imagesTr"), "--labels", str(real_dataset / "labelsTr"),
+            "--checkpoint", str(tiny_checkpoint), "--output", str(output), "--clicks", "3", "--device", "cpu"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "3 cases; mean Dice: 1 click" in captured.out
+    assert re.search(r"3/3 \[\d\d:\d\d<\d\d:\d\d", captured.err)  # progress bar: elapsed<ETA
+
+    rows = read_csv(output / "metrics.csv")
+    assert [r for r in rows[0]][:6] == ["case", "label", "label_name", "click", "dice", "nsd"]
+    assert [(r["case"], r["label"], r["click"]) for r in rows] == [
+        (case, "1", str(click)) for case in sorted(CROPS) for click in (1, 2, 3)
+    ]
+    assert {r["label_name"] for r in rows} == {"lesion"}
+    for r in rows:
+        assert 0.0 <= float(r["dice"]) <= 1.0 and 0.0 <= float(r["nsd"]) <= 1.0
+        assert r["positive"] in ("0", "1")
+    assert all(r["positive"] == "1" for r in rows if r["click"] == "1")
+
+    summary = json.loads((output / "summary.json").read_text())
+    first = [float(r["dice"]) for r in rows if r["click"] == "1"]
+    assert summary["cases"] == 3
+    assert summary["per_click"]["1"]["dice"]["mean"] == pytest.approx(np.mean(first), abs=1e-6)
+    assert summary["per_click"]["1"]["dice"]["std"] == pytest.approx(np.std(first), abs=1e-6)
+    assert summary["per_label"]["1"]["name"] == "lesion" and summary["per_label"]["1"]["cases"] == 3
+    png = (output / "dice_vs_clicks.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+    # Resume: a finished case is not recomputed; a lost one is, and gives the same numbers (determinism).
+    first_run = (output / "metrics.csv").read_text()
+    kept = output / "cases" / "brain1.csv"
+    kept_stat = kept.stat().st_mtime_ns
+    (output / "cases" / "lung2.csv").unlink()
+    (output / "metrics.csv").unlink()
+    assert main(args) == 0
+    assert "1/1" in capsys.readouterr().err
+    assert kept.stat().st_mtime_ns == kept_stat
+    second_run = read_csv(output / "metrics.csv")
+    for a, b in zip(read_csv_text(first_run), second_run):
+        assert {k: a[k] for k in a if k != "seconds"} == {k: b[k] for k in b if k != "seconds"}
+
+    # The same folder with other settings is refused instead of mixing two runs.
+    assert main([*args[:-2], "--seed", "1", "--device", "cpu"]) == 2
+    assert "other settings (seed differ)" in capsys.readouterr().err
+
+
+def read_csv_text(text: str) -> list[dict]:
+    return list(csv.DictReader(text.splitlines()))
+
+
+def synthetic_case(folder: Path, name: str, seed: int) -> None:
+    """A CT-like volume on an anisotropic grid (0.8 x 0.9 x 3 mm) with two bright objects (labels 1 and 2)."""
+    rng = np.random.default_rng(seed)
+    shape = (30, 110, 120)  # K, J, I
+    grid = np.indices(shape).astype(float)
+    spacing = (0.8, 0.9, 3.0)  # I, J, K mm
+    mm = [grid[2] * spacing[0], grid[1] * spacing[1], grid[0] * spacing[2]]  # x, y, z in mm
+    image = rng.normal(-100, 10, shape)
+    label = np.zeros(shape, np.uint8)
+    for value, centre, radii in ((1, (30, 40, 45), (14, 9, 15)), (2, (70 + seed, 60, 40), (8, 16, 12))):
+        label[sum(((mm[a] - centre[a]) / radii[a]) ** 2 for a in range(3)) < 1] = value
+    image[label > 0] += 400
+    for array, path in ((image.astype(np.int16), folder / "images" / f"{name}.nrrd"),
+                        (label, folder / "labels" / f"{name}.nrrd")):
+        item = sitk.GetImageFromArray(array)
+        item.SetSpacing(spacing)
+        item.SetOrigin((10.0, -20.0, 30.0))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(item, str(path))
+
+
+def test_threshold_oracle_gets_high_dice_that_does_not_fall_with_more_clicks(tmp_path):
+    for i in range(2):
+        synthetic_case(tmp_path, f"case{i}", i)
+    (tmp_path / "labels" / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "kidney",
+                                                                             "2": "spleen"}}))
+    # The interior-most protocol: every click well inside an error region, which the oracle always gets right.
+    settings = Settings(clicks=5, protocol="ritm", checkpoint="oracle")
+    summary = evaluate(ThresholdPredictor(), tmp_path / "images", tmp_path / "labels", tmp_path / "ritm", settings,
+                       progress=False)
+    assert summary["cases"] == 2
+    assert {v["name"] for v in summary["per_label"].values()} == {"kidney", "spleen"}
+    means = [summary["per_click"][str(c)]["dice"]["mean"] for c in range(1, 6)]
+    assert means[0] >= 0.85 and means[-1] >= means[0] + 0.02, means
+    assert all(later >= earlier - 0.01 for earlier, later in zip(means, means[1:])), means
+    rows = evaluation.read_rows(tmp_path / "ritm" / "metrics.csv")
+    assert len(rows) == 2 * 2 * 5
+    assert all(r["dice"] >= 0.84 and r["nsd"] >= 0.6 for r in rows), [(r["dice"], r["nsd"]) for r in rows]
+
+    # The paper's protocol: the first click, uniform in the object, gives the oracle a high Dice on every object.
+    # (Later clicks fall on the objects' rims, where a threshold oracle may pick the wrong side; not tested here.)
+    paper = evaluate(ThresholdPredictor(), tmp_path / "images", tmp_path / "labels", tmp_path / "paper",
+                     Settings(clicks=1, seed=3, labels_only=[2]), progress=False)
+    assert list(paper["per_label"]) == ["2"]
+    assert all(r["dice"] >= 0.8 for r in evaluation.read_rows(tmp_path / "paper" / "metrics.csv"))
+
+
+def test_pairing_by_name_nnunet_names_and_dataset_json(tmp_path):
+    images, labels = tmp_path / "imagesTr", tmp_path / "labelsTr"
+    images.mkdir()
+    labels.mkdir()
+    for name in ("a_0000.nii.gz", "a_0001.nii.gz", "b.nrrd", "c_0000.mha", "orphan_0000.nii.gz", ".hidden.nii"):
+        (images / name).write_bytes(b"")
+    for name in ("a.nii.gz", "b.nrrd", "c.mha", "notes.txt"):
+        (labels / name).write_bytes(b"")
+    cases = pair_cases(images, labels)
+    assert [(c.name, c.image.name, c.label.name) for c in cases] == [
+        ("a", "a_0000.nii.gz", "a.nii.gz"), ("b", "b.nrrd", "b.nrrd"), ("c", "c_0000.mha", "c.mha")
+    ]
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "liver": 1, "tumour": [2, 3]}}))
+    assert label_names(labels, images) == {1: "liver", 2: "tumour"}
+    (labels / "d.nii.gz").write_bytes(b"")
+    with pytest.raises(SAMMed3DError, match="1 label files have no image.*NAME_0000.ext.*: d"):
+        pair_cases(images, labels)
+    with pytest.raises(SAMMed3DError, match="--labels .*missing: no such folder"):
+        pair_cases(images, images / "missing")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SAMMed3DError, match="no image files"):
+        pair_cases(images, empty)
+
+
+def test_label_on_another_grid_is_named(tmp_path):
+    synthetic_case(tmp_path, "x", 0)
+    label = sitk.ReadImage(str(tmp_path / "labels" / "x.nrrd"))
+    label.SetSpacing((1.0, 1.0, 1.0))
+    sitk.WriteImage(label, str(tmp_path / "labels" / "x.nrrd"))
+    with pytest.raises(SAMMed3DError, match="case x: the label x.nrrd does not lie on the image's grid"):
+        evaluate(ThresholdPredictor(), tmp_path / "images", tmp_path / "labels", tmp_path / "out",
+                 Settings(clicks=1), progress=False)
+    assert not (tmp_path / "out" / "metrics.csv").exists()
+
+
+def test_summary_leaves_undefined_values_out():
+    rows = [
+        {"case": "a", "label": 1, "label_name": "", "click": 1, "dice": 0.5, "nsd": math.nan},
+        {"case": "b", "label": 1, "label_name": "", "click": 1, "dice": 0.7, "nsd": 0.25},
+    ]
+    summary = evaluation.summarise(rows, clicks=1)
+    assert summary["per_click"]["1"]["dice"] == {"mean": pytest.approx(0.6), "std": pytest.approx(0.1), "n": 2}
+    assert summary["per_click"]["1"]["nsd"] == {"mean": 0.25, "std": 0.0, "n": 1}
