@@ -69,6 +69,7 @@ def export_checkpoint(checkpoint: Union[str, Path], output: Union[str, Path]) ->
     from SAMMed3DLib.weights import sha256_of
 
     checkpoint = Path(checkpoint)
+    _output_folder(output)  # before the slow part
     model = load_sam_med3d(checkpoint)
     metadata = {CHECKPOINT_SHA256_KEY: sha256_of(checkpoint), CHECKPOINT_NAME_KEY: checkpoint.name}
     return export_model(model, output, metadata)
@@ -82,10 +83,7 @@ def export_model(
     The files are written and checked in a temporary folder inside `output` and only then renamed into place, so a
     failed export leaves an earlier one untouched. `metadata` adds to the package version in both files.
     """
-    output = Path(output).expanduser()
-    if output.exists() and not output.is_dir():
-        raise SAMMed3DError(f"--output {output} is a file; give a folder")
-    output.mkdir(parents=True, exist_ok=True)
+    output = _output_folder(output)
     model = model.to("cpu", torch.float32).eval()
     properties = {VERSION_KEY: __version__, **(metadata or {})}
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=output))
@@ -100,6 +98,14 @@ def export_model(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return differences
+
+
+def _output_folder(output: Union[str, Path]) -> Path:
+    output = Path(output).expanduser()
+    if output.exists() and not output.is_dir():
+        raise SAMMed3DError(f"--output {output} is a file; give a folder")
+    output.mkdir(parents=True, exist_ok=True)
+    return output
 
 
 def _export(module: nn.Module, inputs: Tuple[torch.Tensor, ...], path: Path, input_names, output_names,
