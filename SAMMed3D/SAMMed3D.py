@@ -231,9 +231,10 @@ class SAMMed3DLogic(ScriptedLoadableModuleLogic):
 
     # -- predictor ---------------------------------------------------------------------------------------------
 
-    def setPredictor(self, predictor, backend, device):
-        """Use this predictor instead of loading the configured model (self-tests: the threshold oracle)."""
-        self._predictor, self._predictorSettings = predictor, "fixed"
+    def setPredictor(self, predictor, backend="", device=""):
+        """Use this predictor instead of loading the configured model (self-tests: the threshold oracle);
+        None goes back to the configured model."""
+        self._predictor, self._predictorSettings = predictor, ("fixed" if predictor is not None else None)
         self.backend, self.device = backend, device
 
     def predictor(self):

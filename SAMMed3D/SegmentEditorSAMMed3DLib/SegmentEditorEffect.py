@@ -162,9 +162,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             self._showError("Select a segment first.")
             return False
         try:
-            book, extent, imageToWorld = self._promptBook()
+            predictor = self.logic.predictor()  # dependencies and model on first use, with the user's consent
+            book, extent, imageToWorld = self._promptBook(predictor)
             firstEncode = not book.has_session(segmentId)
-            self.logic.predictor()  # dependencies and model on first use, with the user's consent
             progress = None
             if firstEncode:
                 progress = slicer.util.createProgressDialog(
@@ -212,21 +212,24 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
     # -- helpers -----------------------------------------------------------------------------------------------
 
-    def _promptBook(self):
-        """The prompts of the current source volume and segmentation geometry (a new book when either changed)."""
+    def _promptBook(self, predictor):
+        """The prompts of the current source volume, its voxels, the segmentation geometry and the predictor: a
+        new book when any of them changed."""
         image = self.scriptedEffect.sourceVolumeImageData()
-        if image is None or image.GetPointData().GetScalars() is None:
+        sourceVolumeNode = self.scriptedEffect.parameterSetNode().GetSourceVolumeNode()
+        if image is None or sourceVolumeNode is None or image.GetPointData().GetScalars() is None:
             raise SAMMed3DError("Select a source volume in the Segment Editor first")
         matrix = vtk.vtkMatrix4x4()
         image.GetImageToWorldMatrix(matrix)
         imageToWorld = slicer.util.arrayFromVTKMatrix(matrix)
         extent = tuple(image.GetExtent())
-        sourceVolumeNode = self.scriptedEffect.parameterSetNode().GetSourceVolumeNode()
-        key = (sourceVolumeNode.GetID(), extent, imageToWorld.tobytes())
+        key = (
+            sourceVolumeNode.GetID(), sourceVolumeNode.GetImageData().GetMTime(), extent, imageToWorld.tobytes(),
+            id(predictor),
+        )
         if self._book is None or self._bookKey[0] != key:
             volume = Volume(image_array(image), array_ijk_to_ras(imageToWorld, extent))
-            logic = self.logic
-            self._book = PromptBook(lambda initial: InteractiveSession(logic.predictor(), volume, initial_mask=initial))
+            self._book = PromptBook(lambda initial: InteractiveSession(predictor, volume, initial_mask=initial))
             self._bookKey = (key, extent, imageToWorld)
         return self._book, extent, imageToWorld
 
