@@ -89,13 +89,18 @@ class RelPosAttention(nn.Module):
         term_h = torch.einsum("nhijxc,jzc->nhijxz", q_row, table_h)  # Q[a,b,x]·Ph[b-z]
         term_w = torch.einsum("nhijyc,yzc->nhijyz", q_row, table_w)  # Q[a,b,y]·Pw[y-z]
 
-        real = (
-            term_d[:, :, :, :, :, None, None, :grid]
-            + term_h[:, :, :, :, None, :grid, None, :grid]
-            + term_w[:, :, :, :, None, None, :grid, :grid]
-        ).reshape(batch, heads, grid**3, grid**3)
-        if grid == size:
-            return real
+        tokens = grid**3
+        padded = grid < size
+        bias = q.new_empty(batch, heads, tokens, tokens + padded)
+        # Real keys: the two (a, b)-only terms are summed first on the small (a, b, x, y, z) grid, then one broadcast
+        # pass over (a, b, c, x, y, z) adds the (a, b, c, z) term and writes the result in place.
+        rows_h = term_h[:, :, :, :, :grid, :grid]
+        rows_w = term_w[:, :, :, :, :grid, :grid]
+        per_row = rows_h[:, :, :, :, :, None, :] + rows_w[:, :, :, :, None, :, :]  # (B, h, a, b, x, y, z)
+        real = bias[..., :tokens].unflatten(-1, (grid, grid, grid)).unflatten(2, (grid, grid, grid))
+        torch.add(term_d[:, :, :, :, :, None, None, :grid], per_row[:, :, :, :, None], out=real)
+        if not padded:
+            return bias
 
         # Padded keys are those with x, y or z >= G: split them into three disjoint sums of positive terms
         # (z padded; z real and x padded; z and x real and y padded), each of which factorises over x and y.
@@ -111,8 +116,8 @@ class RelPosAttention(nn.Module):
             ],
             dim=-1,
         )
-        padding = torch.logsumexp(padding, dim=-1).reshape(batch, heads, grid**3, 1)
-        return torch.cat([real, padding], dim=-1)
+        bias[..., tokens] = torch.logsumexp(padding, dim=-1).reshape(batch, heads, tokens)
+        return bias
 
 
 class Block3D(nn.Module):
