@@ -168,12 +168,20 @@ def canonical_axes(directions: np.ndarray) -> Tuple[Tuple[int, int, int], Tuple[
     return tuple(axes), signs
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class PatchFrame:
-    """A cubic grid of `size`^3 voxels: `patch_to_ras` maps patch indices (axis order of the patch tensor) to RAS."""
+    """A cubic grid of `size`^3 voxels: `patch_to_ras` maps patch indices (axis order of the patch tensor) to RAS.
+    Frames are equal (and hash equal) when their matrices and sizes are identical."""
 
     patch_to_ras: np.ndarray
     size: int = PATCH_SIZE
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, PatchFrame) and self.size == other.size
+                and np.array_equal(self.patch_to_ras, other.patch_to_ras))
+
+    def __hash__(self) -> int:
+        return hash((self.size, np.asarray(self.patch_to_ras, np.float64).tobytes()))
 
     @property
     def center_ras(self) -> np.ndarray:
@@ -259,18 +267,25 @@ def frame_region(volume: Volume, frame: PatchFrame) -> Region:
     return tuple(region)
 
 
-def interpolation_matrix(coords: np.ndarray, size: int) -> np.ndarray:
-    """(len(coords), size) weights of 1D linear interpolation at continuous indices `coords` of a `size`-long grid,
-    clamping beyond the outer voxel centres (as trilinear upsampling with align_corners=False does)."""
+def linear_weights(coords: np.ndarray, size: int) -> Tuple[np.ndarray, np.ndarray]:
+    """1D linear interpolation at continuous indices `coords` of a `size`-long grid: the lower neighbour's index and
+    the upper neighbour's weight, clamping beyond the outer voxel centres (as trilinear upsampling with
+    align_corners=False does). The value is `v[low] + weight * (v[low + 1] - v[low])`."""
     coords = np.clip(coords, 0, size - 1)
-    low = np.minimum(np.floor(coords).astype(np.int64), size - 2) if size > 1 else np.zeros(len(coords), np.int64)
-    weight = coords - low
-    matrix = np.zeros((len(coords), size), dtype=np.float32)
-    rows = np.arange(len(coords))
-    matrix[rows, low] = 1 - weight
-    if size > 1:
-        matrix[rows, low + 1] += weight
-    return matrix
+    low = np.clip(np.floor(coords).astype(np.int64), 0, max(size - 2, 0))
+    return low, (coords - low).astype(np.float32)
+
+
+def _lerp(values: np.ndarray, axis: int, low: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Linear interpolation of float32 `values` along `axis` (see `linear_weights`), in place on two gathers."""
+    shape = [1] * values.ndim
+    shape[axis] = -1
+    below = np.take(values, low, axis=axis)
+    result = np.take(values, np.minimum(low + 1, values.shape[axis] - 1), axis=axis)
+    result -= below
+    result *= weight.reshape(shape)
+    result += below
+    return result
 
 
 def paste_logits(volume: Volume, frame: PatchFrame, logits: np.ndarray) -> Tuple[Region, np.ndarray]:
@@ -279,44 +294,40 @@ def paste_logits(volume: Volume, frame: PatchFrame, logits: np.ndarray) -> Tuple
     region = frame_region(volume, frame)
     shape = tuple(s.stop - s.start for s in region)
     values = np.zeros(shape, np.float32)
-    for k, chunk in _pasted_slabs(volume, frame, logits, region):
-        values[k] = chunk
+    for k, row in _pasted_slabs(volume, frame, logits, region):
+        values[k] = row
     return region, values
 
 
 def paste_mask(volume: Volume, frame: PatchFrame, logits: np.ndarray, mask: np.ndarray) -> Region:
-    """`paste_logits` thresholded at 0 straight into `mask` (a bool or uint8 array on the volume's grid), slab by
-    slab so that no full-size float copy is made. Returns the K,J,I region written; the rest of `mask` is untouched."""
+    """`paste_logits` thresholded at 0 straight into `mask` (a bool or uint8 array on the volume's grid), slice by
+    slice so that no full-size float copy is made. Returns the K,J,I region written; the rest of `mask` is untouched."""
     region = frame_region(volume, frame)
     target = mask[region]
     target = target.view(bool) if target.dtype == np.uint8 else target
-    for k, chunk in _pasted_slabs(volume, frame, logits, region):
-        np.greater(chunk, 0, out=target[k])
+    for k, row in _pasted_slabs(volume, frame, logits, region):
+        np.greater(row, 0, out=target[k])
     return region
 
 
-def _pasted_slabs(volume: Volume, frame: PatchFrame, logits: np.ndarray, region: Region, slab_voxels: int = 1 << 20):
-    """Yield (K slice within `region`, float32 logits of those slices): the interpolation of `paste_logits`.
+def _pasted_slabs(volume: Volume, frame: PatchFrame, logits: np.ndarray, region: Region):
+    """Yield (K index within `region`, float32 logits of that slice): the interpolation of `paste_logits`.
 
-    Each axis is a small dense interpolation matrix, so the work is three matrix products, the last one writing each
-    output voxel once, slab by slab to stay in cache: fast enough for a 192 mm cube on a sub-millimetre grid.
+    Separable: the coarse logits are interpolated along I and J first (small), then each output slice is one
+    interpolation between two coarse slices, so each output voxel costs a multiply-add and is written once.
     """
     logits = np.asarray(logits, dtype=np.float32)
-    coarse = frame.logits_frame(logits.shape[0])
-    mapping = axis_map(volume, coarse)
-    matrices = [np.zeros((0, 0), np.float32)] * 3  # per array axis K, J, I: (voxels in region, coarse voxels)
-    order = [0, 0, 0]  # logits axis that feeds each array axis
+    mapping = axis_map(volume, frame.logits_frame(logits.shape[0]))
+    values = np.ascontiguousarray(logits.transpose(np.argsort(mapping.array_axis)))  # (coarse K, coarse J, coarse I)
+    weights = [None, None, None]  # per array axis: (low index, weight) of each volume voxel in the region
     for r in range(3):
         axis = mapping.array_axis[r]
         indices = np.arange(region[axis].start, region[axis].stop, dtype=np.float64)
-        matrices[axis] = interpolation_matrix((indices - mapping.offset[r]) / mapping.scale[r], logits.shape[r])
-        order[axis] = r
-    values = np.ascontiguousarray(logits.transpose(order))  # (coarse K, coarse J, coarse I)
-    values = values @ matrices[2].T  # (cK, cJ, nI)
-    values = np.matmul(matrices[1], values)  # (cK, nJ, nI)
-    n_j, n_i = values.shape[1:]
-    values = values.reshape(values.shape[0], -1)
-    step = max(1, slab_voxels // max(1, n_j * n_i))
-    for first in range(0, len(matrices[0]), step):
-        rows = slice(first, min(first + step, len(matrices[0])))
-        yield rows, (matrices[0][rows] @ values).reshape(-1, n_j, n_i)
+        weights[axis] = linear_weights((indices - mapping.offset[r]) / mapping.scale[r], logits.shape[r])
+    values = _lerp(_lerp(values, 2, *weights[2]), 1, *weights[1])  # (coarse K, nJ, nI)
+    difference = values[1:] - values[:-1] if len(values) > 1 else np.zeros_like(values)
+    row = np.empty(values.shape[1:], np.float32)
+    for k, (low, weight) in enumerate(zip(*weights[0])):
+        np.multiply(difference[low], weight, out=row)
+        row += values[low]
+        yield k, row
