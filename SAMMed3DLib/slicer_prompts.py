@@ -2,8 +2,9 @@
 
 Prompts belong to a segment: each segment has its own interactive session (created on its first click, seeded with
 the segment's content when the user asks to refine it) and its clicks (for the markups drawn in the views).
-Every click, "Undo click" and "Reset" gives an `Edit`: the box the session changed and the new content there, so
-the effect writes only that box. Undo and reset are the session's own (exact, no re-computation).
+Every click, "Undo click" and "Reset" gives an `Edit`: the box the session changed, with the session's mask there
+before and after, so the effect adds and removes only the voxels the session changed. What the user painted with
+other tools, even inside that box, stays. Undo and reset are the session's own (exact, no re-computation).
 """
 
 from __future__ import annotations
@@ -26,25 +27,36 @@ class Click:
 
 @dataclass(frozen=True)
 class Edit:
-    """What to write into the segment: the K,J,I box that changed and its new content (uint8 0/1, a copy)."""
+    """A change to the segment: the K,J,I box the session may have changed, and the session's mask there before and
+    after (uint8 0/1 copies)."""
 
     region: Region
-    content: np.ndarray
+    before: np.ndarray
+    after: np.ndarray
 
     @property
-    def empty(self) -> bool:
-        return self.content.size == 0
+    def added(self) -> np.ndarray:
+        """uint8 block: 1 where the voxel joins the segment."""
+        return (self.after > self.before).astype(np.uint8)
+
+    @property
+    def removed(self) -> np.ndarray:
+        """uint8 block: 1 where the voxel leaves the segment."""
+        return (self.after < self.before).astype(np.uint8)
 
 
 @dataclass
 class _SegmentPrompts:
     session: object
+    mask: np.ndarray  # the session's mask as last written to the segment (the session's own is a live view)
     clicks: List[Click] = field(default_factory=list)
 
-
-def _edit(prediction) -> Edit:
-    region = tuple(prediction.region)
-    return Edit(region=region, content=np.array(prediction.mask[region], dtype=np.uint8))
+    def edit(self, prediction) -> Edit:
+        region = tuple(prediction.region)
+        after = np.array(prediction.mask[region], dtype=np.uint8)
+        edit = Edit(region=region, before=self.mask[region].copy(), after=after)
+        self.mask[region] = after
+        return edit
 
 
 class PromptBook:
@@ -79,11 +91,12 @@ class PromptBook:
         only when the segment gets its session, for the content to refine (None: start empty)."""
         entry = self._segments.get(segment_id)
         if entry is None:
-            entry = _SegmentPrompts(session=self._start_session(initial_mask()))
+            session = self._start_session(initial_mask())
+            entry = _SegmentPrompts(session=session, mask=np.array(session.mask, dtype=np.uint8))
         prediction = entry.session.add_click(tuple(float(v) for v in session_ras), positive=click.positive)
         entry.clicks.append(click)
         self._segments[segment_id] = entry
-        return prediction, _edit(prediction)
+        return prediction, entry.edit(prediction)
 
     def undo(self, segment_id: str) -> Optional[Edit]:
         """Undo the segment's last click: the edit that restores the box it changed (None: nothing to undo)."""
@@ -92,7 +105,7 @@ class PromptBook:
             return None
         prediction = entry.session.undo()
         entry.clicks.pop()
-        return None if prediction is None else _edit(prediction)
+        return None if prediction is None else entry.edit(prediction)
 
     def reset(self, segment_id: str) -> Optional[Edit]:
         """Forget the segment's clicks: the edit that puts back what was there before its first click. The session
@@ -102,7 +115,7 @@ class PromptBook:
             return None
         prediction = entry.session.reset()
         entry.clicks.clear()
-        return _edit(prediction)
+        return entry.edit(prediction)
 
     def clear(self) -> None:
         """Forget every segment (another source volume, or the segmentation changed under the effect)."""

@@ -30,6 +30,13 @@ def _ras(volume: Volume, kji) -> np.ndarray:
     return volume.ijk_to_ras_points(np.array([[i, j, k]], float))[0]
 
 
+def _full(edit) -> np.ndarray:
+    """An edit's after-content on a zero volume of the fixture's shape."""
+    full = np.zeros((36, 48, 40), np.uint8)
+    full[edit.region] = edit.after
+    return full
+
+
 def _book(volume: Volume, seeds: list) -> PromptBook:
     def start(initial):
         seeds.append(initial)
@@ -48,9 +55,10 @@ def test_clicks_write_only_their_box_and_segments_keep_their_own_prompts(volume)
     mask_a = np.asarray(prediction.mask).astype(bool)
     dice = 2 * (mask_a & truth_a).sum() / (mask_a.sum() + truth_a.sum())
     assert dice >= 0.9
-    # The edit is the changed box with the new content; nothing outside it is set.
-    assert not edit.empty
-    np.testing.assert_array_equal(edit.content, mask_a[edit.region])
+    # The edit is the changed box, before (empty) and after; nothing outside it is set.
+    np.testing.assert_array_equal(edit.after, mask_a[edit.region])
+    assert edit.before.sum() == 0 and edit.removed.sum() == 0
+    np.testing.assert_array_equal(edit.added, edit.after)
     outside = mask_a.copy()
     outside[edit.region] = False
     assert not outside.any()
@@ -61,7 +69,7 @@ def test_clicks_write_only_their_box_and_segments_keep_their_own_prompts(volume)
     assert len(seeds) == 2 and seeds == [None, None]  # one session per segment, made on its first click
     # B's mask holds B's object only: A's prompts did not leak into it.
     mask_b = np.zeros(volume.array.shape, np.uint8)
-    mask_b[edit_b.region] = edit_b.content
+    mask_b[edit_b.region] = edit_b.after
     assert mask_b[21:33, 31:45, 23:37].mean() > 0.8 and mask_b[8:20, 10:30, 6:18].sum() == 0
 
     # A second click on A reuses A's session.
@@ -75,16 +83,19 @@ def test_undo_and_reset_restore_exactly(volume):
     _, first = book.add_click("A", point, Click(tuple(point), True))
     exclude = _ras(volume, (10, 12, 8))
     _, second = book.add_click("A", exclude, Click(tuple(exclude), False))
-    assert second.content.sum() < first.content.sum()  # the exclude click removed the object it hit
+    assert second.after.sum() < first.after.sum()  # the exclude click removed the object it hit
+    assert second.removed.sum() > 0 and second.added.sum() == 0
+    np.testing.assert_array_equal(second.before, _full(first)[second.region])
 
     undo = book.undo("A")
     assert book.clicks("A") == [Click(tuple(point), True)]
-    full = np.zeros(volume.array.shape, np.uint8)
-    full[first.region] = first.content
-    np.testing.assert_array_equal(undo.content, full[undo.region])
+    np.testing.assert_array_equal(undo.after, _full(first)[undo.region])  # exactly the first click's mask
+    np.testing.assert_array_equal(undo.before, second.after)
+    assert undo.added.sum() == second.removed.sum()
 
     reset = book.reset("A")
-    assert book.clicks("A") == [] and reset.content.sum() == 0
+    assert book.clicks("A") == [] and reset.after.sum() == 0
+    assert reset.removed.sum() == first.after.sum()
     assert book.undo("A") is None and book.reset("A") is None and book.undo("nobody") is None
 
 
@@ -106,8 +117,8 @@ def test_start_from_the_segment_seeds_the_session_once(volume):
     book.add_click("A", point, Click(tuple(point), True), initial_mask=initial)
     assert len(calls) == 1
     reset = book.reset("A")
-    assert reset.content.sum() > 0
-    np.testing.assert_array_equal(reset.content, existing[reset.region])  # back to the seed exactly, not to empty
+    np.testing.assert_array_equal(reset.after, existing[reset.region])  # back to the seed exactly, not to empty
+    assert reset.after.sum() > 0 and reset.before.sum() > reset.after.sum()
 
 
 def test_a_click_outside_the_volume_is_refused_and_changes_nothing(volume):

@@ -23,7 +23,13 @@ from SAMMed3D import SAMMed3DLogic
 from SAMMed3DLib.errors import SAMMed3DError
 from SAMMed3DLib.geometry import Volume
 from SAMMed3DLib.session import InteractiveSession
-from SAMMed3DLib.slicer_geometry import array_ijk_to_ras, image_array, labelmap_in_extent, write_region
+from SAMMed3DLib.slicer_geometry import (
+    array_ijk_to_ras,
+    crop_to_nonzero,
+    image_array,
+    labelmap_in_extent,
+    write_region,
+)
 from SAMMed3DLib.slicer_prompts import Click, PromptBook
 
 MARKUPS_NAMES = {True: "SAM-Med3D include", False: "SAM-Med3D exclude"}
@@ -249,19 +255,23 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         return labelmap_in_extent(self.scriptedEffect.selectedSegmentLabelmap(), extent)
 
     def _write(self, edit, extent, imageToWorld):
-        """Write an edit's box into the selected segment as one undo step: Add where it is 1, Remove where 0."""
-        if edit.empty:
+        """Write an edit as one undo step: add the voxels the session added and remove the ones it removed, each as
+        a labelmap cropped to the voxels it holds. Other voxels of the segment, even inside the box, stay."""
+        changes = []
+        for mode, block in (
+            (slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeAdd, edit.added),
+            (slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeRemove, edit.removed),
+        ):
+            block, region = crop_to_nonzero(block, edit.region)
+            if block.size:
+                changes.append((mode, block, region))
+        if not changes:
             return
         self.scriptedEffect.saveStateForUndo()
         matrix = slicer.util.vtkMatrixFromArray(imageToWorld)
-        for mode, content in (
-            (slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeAdd, edit.content),
-            (slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeRemove, 1 - edit.content),
-        ):
-            if not content.any():
-                continue
+        for mode, block, region in changes:
             labelmap = slicer.vtkOrientedImageData()
-            write_region(labelmap, content, edit.region, extent)
+            write_region(labelmap, block, region, extent)
             labelmap.SetImageToWorldMatrix(matrix)
             self.scriptedEffect.modifySelectedSegmentByLabelmap(labelmap, mode)
 
