@@ -24,7 +24,8 @@ import sys
 from pathlib import Path
 from typing import List
 
-from SAMMed3DLib.commands._common import add_model_arguments, build_predictor
+from SAMMed3DLib.commands import _common
+from SAMMed3DLib.commands._common import add_model_arguments
 
 HELP = "Dice and NSD against the number of clicks on a labelled dataset (the paper's protocol)"
 
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         clicks=args.clicks, protocol=args.protocol, seed=args.seed, labels_only=args.labels_only,
         checkpoint=f"{args.backend}:{args.checkpoint}", modality=args.modality,
     )
-    summary = evaluate(build_predictor(args), args.images, args.labels, args.output, settings)
+    summary = evaluate(_common.build_predictor(args), args.images, args.labels, args.output, settings)
     shown = [c for c in (1, 3, 5, 10) if c <= args.clicks] or [args.clicks]
     parts = []
     for count in shown:

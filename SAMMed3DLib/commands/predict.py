@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from SAMMed3DLib.commands._common import add_model_arguments, build_predictor
+from SAMMed3DLib.commands import _common
+from SAMMed3DLib.commands._common import add_model_arguments
 
 HELP = "segment a structure in a volume from clicks (points in RAS mm or voxel indices)"
 OUTPUT_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd")
@@ -138,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
             f"{args.image} is a 2D image (size {' x '.join(map(str, volume.shape_ijk))}); SAM-Med3D needs a 3D volume"
         )
     grid = _grid_of(args.image, volume)
-    predictor = build_predictor(args)
+    predictor = _common.build_predictor(args)
     session = InteractiveSession(predictor, volume, modality=args.modality)
     prediction = None
     for number, (x, y, z, positive) in enumerate(args.clicks, start=1):

@@ -1,0 +1,155 @@
+"""`sammed3d predict` and the command line's contract: real CT and MR files in, a mask with exactly the input's
+geometry out (NIfTI, NRRD, .seg.nrrd), and every user error as one line, exit code 2 and no partial output."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from random_weights import save_random_checkpoint
+
+from SAMMed3DLib.cli import COMMANDS, main
+from SAMMed3DLib.commands import _common
+from SAMMed3DLib.predictors import ThresholdPredictor
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    return save_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pth", variant="tiny", seed=0)
+
+
+@pytest.fixture()
+def oracle(monkeypatch):
+    """The threshold oracle in place of the network (the checkpoint is not read)."""
+    monkeypatch.setattr(_common, "build_predictor", lambda args: ThresholdPredictor())
+
+
+def assert_same_grid(output: Path, reference: Path) -> np.ndarray:
+    """Same size, spacing, origin and direction: bit for bit in NRRD, to float32 precision in NIfTI (its header
+    stores float32)."""
+    written, original = sitk.ReadImage(str(output)), sitk.ReadImage(str(reference))
+    assert written.GetSize() == original.GetSize()
+    tolerance = {"rtol": 1e-6, "atol": 1e-5} if output.name.endswith((".nii", ".nii.gz")) else {"rtol": 0, "atol": 0}
+    for get in ("GetSpacing", "GetOrigin", "GetDirection"):
+        np.testing.assert_allclose(getattr(written, get)(), getattr(original, get)(), **tolerance, err_msg=get)
+    array = sitk.GetArrayFromImage(written)
+    assert array.dtype == np.uint8 and set(np.unique(array)) <= {0, 1}
+    return array
+
+
+def test_every_command_has_help_with_examples(capsys):
+    for name in COMMANDS:
+        with pytest.raises(SystemExit) as exit_info:
+            main([name, "--help"])
+        assert exit_info.value.code == 0
+        assert "examples:" in capsys.readouterr().out.lower(), name
+
+
+def test_predict_on_real_mr_with_a_checkpoint_keeps_the_geometry(pyradiomics_data, tiny_checkpoint, tmp_path, capsys):
+    image = pyradiomics_data / "brain1_image.nrrd"  # LPS-flipped direction
+    output = tmp_path / "mask.nii.gz"
+    code = main(["predict", str(image), "--checkpoint", str(tiny_checkpoint), "--ijk", "--point", "128", "120", "12",
+                 "--output", str(output), "--device", "cpu"])
+    assert code == 0
+    assert capsys.readouterr().out.startswith(f"wrote {output}: ")
+    assert_same_grid(output, image)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.nii.gz"]
+
+
+@pytest.mark.parametrize("suffix", [".seg.nrrd", ".nrrd"])
+def test_predict_on_real_ct_puts_the_mask_at_the_click(pyradiomics_data, tmp_path, oracle, suffix):
+    image = pyradiomics_data / "lung1_image.nrrd"
+    volume = sitk.ReadImage(str(image))
+    i, j, k = 218, 359, 33  # the lung lesion
+    lps = volume.TransformIndexToPhysicalPoint((i, j, k))
+    ras = [-lps[0], -lps[1], lps[2]]
+    by_ras, by_ijk = tmp_path / f"ras{suffix}", tmp_path / f"ijk{suffix}"
+    assert main(["predict", str(image), "--checkpoint", "unused", "--point", *map(str, ras),
+                 "--output", str(by_ras)]) == 0
+    assert main(["predict", str(image), "--checkpoint", "unused", "--ijk", "--point", str(i), str(j), str(k),
+                 "--output", str(by_ijk)]) == 0
+    mask = assert_same_grid(by_ras, image)
+    lesion = sitk.GetArrayFromImage(sitk.ReadImage(str(pyradiomics_data / "lung1_label.nrrd"))) > 0
+    assert mask.sum() > 0 and lesion[mask > 0].all()  # the oracle's mask lies on the clicked lesion
+    offset_mm = (np.argwhere(mask).mean(axis=0) - (k, j, i)) * np.array(volume.GetSpacing())[::-1]
+    assert np.linalg.norm(offset_mm) < 5.0
+    np.testing.assert_array_equal(mask, sitk.GetArrayFromImage(sitk.ReadImage(str(by_ijk))))
+    if suffix == ".seg.nrrd":
+        header = sitk.ReadImage(str(by_ras))
+        assert header.GetMetaData("Segmentation_MasterRepresentation") == "Binary labelmap"
+        assert header.GetMetaData("Segment0_LabelValue") == "1"
+        found = np.argwhere(mask)
+        low, high = found.min(axis=0)[::-1], found.max(axis=0)[::-1]
+        assert header.GetMetaData("Segment0_Extent") == " ".join(f"{a} {b}" for a, b in zip(low, high))
+
+
+def test_negative_clicks_apply_in_order(pyradiomics_data, tmp_path, oracle):
+    image = pyradiomics_data / "lung1_image.nrrd"
+    output = tmp_path / "m.nrrd"
+    lesion = ["218", "359", "33"]
+    assert main(["predict", str(image), "--checkpoint", "x", "--ijk", "--point", *lesion, "--negative", *lesion,
+                 "--output", str(output)]) == 0
+    assert not sitk.GetArrayFromImage(sitk.ReadImage(str(output))).any()  # removed again
+    assert main(["predict", str(image), "--checkpoint", "x", "--ijk", "--negative", *lesion, "--point", *lesion,
+                 "--output", str(output)]) == 0
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(output)))[33, 353:356, 223].all()
+
+
+def user_error(capsys, argv: list[str], *expected: str) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for text in expected:
+        assert text in err, err
+    return err
+
+
+def test_user_errors_are_one_line_and_leave_nothing_behind(pyradiomics_data, tiny_checkpoint, tmp_path, capsys):
+    ct = str(pyradiomics_data / "lung1_image.nrrd")
+    out = tmp_path / "out"
+    out.mkdir()
+    mask = str(out / "mask.nii.gz")
+    model = ["--checkpoint", str(tiny_checkpoint), "--device", "cpu"]
+    user_error(capsys, ["predict", str(tmp_path / "nope.nii.gz"), *model, "--point", "0", "0", "0", "--output", mask],
+               "no such file", "nope.nii.gz")
+    flat = tmp_path / "slice.nrrd"
+    sitk.WriteImage(sitk.Image(64, 64, sitk.sitkInt16), str(flat))
+    user_error(capsys, ["predict", str(flat), *model, "--point", "0", "0", "0", "--output", mask], "3D")
+    user_error(capsys, ["predict", ct, *model, "--point", "0", "0", "9999", "--output", mask],
+               "click 1", "outside the volume")
+    user_error(capsys, ["predict", ct, *model, "--ijk", "--point", "10", "10", "48", "--output", mask],
+               "click 1", "outside the image", "0 to 511 / 511 / 47")
+    not_a_checkpoint = tmp_path / "notes.pth"
+    not_a_checkpoint.write_text("these are not weights")
+    user_error(capsys, ["predict", ct, "--checkpoint", str(not_a_checkpoint), "--ijk", "--point", "1", "1", "1",
+                        "--output", mask], "notes.pth", "not a PyTorch checkpoint")
+    user_error(capsys, ["predict", ct, "--checkpoint", "turbbo", "--ijk", "--point", "1", "1", "1", "--output", mask],
+               "turbbo", "not a checkpoint name")
+    user_error(capsys, ["predict", ct, *model, "--point", "0", "0", "0", "--output", str(out / "mask.png")],
+               "unsupported file type")
+    user_error(capsys, ["predict", ct, *model, "--point", "0", "0", "0", "--output", str(tmp_path / "no" / "m.nrrd")],
+               "does not exist")
+    user_error(capsys, ["predict", ct, *model, "--output", mask], "no clicks")
+    user_error(capsys, ["evaluate", "--images", str(tmp_path / "none"), "--labels", str(tmp_path), "--output",
+                        str(out), *model], "--images", "no such folder")
+    try:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    except ImportError:  # pragma: no cover
+        cuda = True
+    if not cuda:
+        user_error(capsys, ["predict", ct, "--checkpoint", str(tiny_checkpoint), "--device", "cuda", "--ijk",
+                            "--point", "1", "1", "1", "--output", mask], "device 'cuda' is not available")
+    assert list(out.iterdir()) == []
+
+
+def test_installed_entry_point_runs_without_importing_torch_for_help():
+    code = "import sys; from SAMMed3DLib.cli import main; main(['weights', 'list']); print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.stdout.strip().splitlines()[-1] == "False"
