@@ -57,6 +57,8 @@ class ModelSettings:
         elif weights.find(self.model) is None:
             names = ", ".join(e.name for e in weights.REGISTRY)
             raise SAMMed3DError(f"unknown model {self.model!r}; choose one of {names}, or a local file")
+        if self.backend == "onnx" and self.device == "mps":
+            raise SAMMed3DError("ONNX Runtime runs on auto, cpu or cuda here; choose one of those, or PyTorch for mps")
         if self.backend == "onnx" and self.model != LOCAL_FILE:
             raise SAMMed3DError(
                 "ONNX Runtime runs an exported model folder: choose 'local file' and the folder written by "
@@ -108,8 +110,8 @@ def create_predictor(settings: ModelSettings, path: Path):
     if settings.backend == "onnx":
         from SAMMed3DLib.onnx_backend import OnnxPredictor
 
-        predictor = OnnxPredictor(path)
-        return predictor, str(getattr(predictor, "device", "cpu"))
+        predictor = OnnxPredictor(path, providers=settings.device)
+        return predictor, "cuda" if "CUDAExecutionProvider" in predictor.providers else "cpu"
     from SAMMed3DLib.model import load_sam_med3d
     from SAMMed3DLib.predictors import TorchPredictor, select_device
 

@@ -45,6 +45,7 @@ def test_settings_round_trip_through_strings_and_fall_back_on_bad_values():
         (ModelSettings(model="nonexistent"), "unknown model 'nonexistent'"),
         (ModelSettings(model=LOCAL_FILE), "choose the model file"),
         (ModelSettings(backend="onnx"), "exported model folder"),
+        (ModelSettings(model=LOCAL_FILE, local_path="/x", backend="onnx", device="mps"), "auto, cpu or cuda"),
     ],
 )
 def test_wrong_choices_are_named(settings, message):
@@ -90,6 +91,26 @@ def test_model_file_and_predictor_from_a_random_weight_checkpoint(tmp_path, monk
     points, labels = np.array([[[64, 64, 64]]], np.float32), np.array([[1]], np.int64)
     logits, iou = predictor.decode(embedding, points, labels, np.zeros((1, 1, 32, 32, 32), np.float32))
     assert logits.shape == (1, 1, 32, 32, 32) and iou.shape == (1, 1) and np.isfinite(logits).all()
+
+
+def test_onnx_predictor_from_an_exported_folder_matches_torch(tmp_path):
+    from SAMMed3DLib.model import build_sam_med3d
+    from SAMMed3DLib.onnx_export import export_model
+
+    torch.manual_seed(0)
+    model = build_sam_med3d("tiny").eval()
+    export_model(model, tmp_path / "onnx")
+    settings = ModelSettings(model=LOCAL_FILE, local_path=str(tmp_path / "onnx"), backend="onnx", device="cpu")
+    predictor, device = create_predictor(settings, model_file(settings))
+    assert device == "cpu"
+    image = np.random.default_rng(0).standard_normal((1, 1, 128, 128, 128)).astype(np.float32)
+    points, labels = np.array([[[40, 70, 64]]], np.float32), np.array([[1]], np.int64)
+    mask = np.zeros((1, 1, 32, 32, 32), np.float32)
+    logits, _ = predictor.decode(predictor.encode(image), points, labels, mask)
+    with torch.no_grad():
+        expected, _ = model.decode(model.encode(torch.from_numpy(image)), torch.from_numpy(points),
+                                   torch.from_numpy(labels), torch.from_numpy(mask))
+    np.testing.assert_allclose(logits, expected.numpy(), atol=1e-3)
 
 
 class _Slow(http.server.SimpleHTTPRequestHandler):
