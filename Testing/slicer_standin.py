@@ -357,22 +357,53 @@ class _Progress:
         self.closed = True
 
 
-def _util_module(messages: list, progress_dialogs: list):
+class Record:
+    """What the code under test showed and asked: error texts, progress dialogs, confirmations (answered from
+    `answers`, True when it runs out), pip installs and PyTorchUtils installs."""
+
+    def __init__(self):
+        self.messages, self.progress, self.questions, self.answers, self.pip, self.torch = [], [], [], [], [], []
+
+
+def _util_module(record: Record):
+    """slicer.util (Base/Python/slicer/util.py): the functions the module and the effect call."""
     util = types.ModuleType("slicer.util")
     util.arrayFromVTKMatrix = _array
     util.vtkMatrixFromArray = _matrix
     util.WaitCursor = contextlib.nullcontext
-    util.errorDisplay = lambda text, windowTitle=None, **kwargs: messages.append(text)
+    util.errorDisplay = lambda text, windowTitle=None, **kwargs: record.messages.append(text)
     util.showStatusMessage = lambda text, duration=0: None
     util.mainWindow = lambda: types.SimpleNamespace(cursor="arrow")
+    util.pip_install = record.pip.append
+
+    def confirmOkCancelDisplay(text, windowTitle=None, **kwargs):
+        record.questions.append(text)
+        return record.answers.pop(0) if record.answers else True
 
     def createProgressDialog(**kwargs):
         dialog = _Progress(**kwargs)
-        progress_dialogs.append(dialog)
+        record.progress.append(dialog)
         return dialog
 
+    util.confirmOkCancelDisplay = confirmOkCancelDisplay
     util.createProgressDialog = createProgressDialog
     return util
+
+
+def _pytorch_utils_module(record: Record):
+    """PyTorchUtils of the SlicerPyTorch extension (PyTorchUtils/PyTorchUtils.py): installTorch returns the torch
+    module, or None when the user declines."""
+    module = types.ModuleType("PyTorchUtils")
+
+    class PyTorchUtilsLogic:
+        def installTorch(self, askConfirmation=False, forceComputationBackend=None, torchVersionRequirement=None):
+            record.torch.append(askConfirmation)
+            import torch
+
+            return torch
+
+    module.PyTorchUtilsLogic = PyTorchUtilsLogic
+    return module
 
 
 class ScriptedLoadableModule:
@@ -419,10 +450,14 @@ class EditorScene:
         return (_to_world(self.volume_node.GetParentTransformNode()) @ self.ijk_to_ras @ [i, j, k, 1.0])[:3]
 
 
-def install(editor_messages: list, progress_dialogs: list, scene: Scene | None = None) -> types.ModuleType:
-    """Put the stand-in modules into sys.modules (replacing earlier ones) and return `slicer`."""
+REPLACED = ("slicer", "slicer.util", "slicer.ScriptedLoadableModule", "qt", "SegmentEditorEffects", "PyTorchUtils")
+
+
+def install(record: Record, scene: Scene | None = None) -> types.ModuleType:
+    """Put the stand-in modules (`REPLACED`) into sys.modules and return `slicer`."""
+    _Settings.store = {}
     slicer = types.ModuleType("slicer")
-    slicer.util = _util_module(editor_messages, progress_dialogs)
+    slicer.util = _util_module(record)
     slicer.app = types.SimpleNamespace(processEvents=lambda: None, connect=lambda *args: None)
     slicer.mrmlScene = scene
     slicer.vtkOrientedImageData = OrientedImageData
@@ -445,6 +480,6 @@ def install(editor_messages: list, progress_dialogs: list, scene: Scene | None =
     effects.AbstractScriptedSegmentEditorEffect = AbstractScriptedSegmentEditorEffect
     sys.modules.update({
         "slicer": slicer, "slicer.util": slicer.util, "slicer.ScriptedLoadableModule": scripted, "qt": _qt_module(),
-        "SegmentEditorEffects": effects,
+        "SegmentEditorEffects": effects, "PyTorchUtils": _pytorch_utils_module(record),
     })
     return slicer

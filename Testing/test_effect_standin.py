@@ -41,11 +41,9 @@ def _objects():
 def editor(request):
     """The effect on an oblique, anisotropic volume under a parent transform (and, in the second case, a
     segmentation under another transform)."""
-    replaced = ("slicer", "slicer.util", "slicer.ScriptedLoadableModule", "qt", "SegmentEditorEffects", "SAMMed3D",
-                "SegmentEditorSAMMed3DLib")
+    replaced = (*slicer_standin.REPLACED, "SAMMed3D", "SegmentEditorSAMMed3DLib")
     saved = {name: sys.modules[name] for name in replaced if name in sys.modules}
-    messages: list = []
-    progress: list = []
+    record = slicer_standin.Record()
     voxels, letter_l, ball = _objects()
     ijk_to_ras = _rotation(2, 30) @ _rotation(0, 20) @ np.diag([*SPACING, 1.0])
     ijk_to_ras[:3, 3] = [-40.0, 25.0, -12.0]
@@ -56,7 +54,7 @@ def editor(request):
         segmentation_parent = _rotation(0, -10)
         segmentation_parent[:3, 3] = [-7.0, 3.0, 12.0]
     scene = slicer_standin.EditorScene(voxels, ijk_to_ras, volume_parent, segmentation_parent)
-    slicer_standin.install(messages, progress, scene.scene)
+    slicer_standin.install(record, scene.scene)
     sys.path.insert(0, str(ROOT / "SAMMed3D"))
     try:
         module_spec = importlib.util.spec_from_file_location(
@@ -70,7 +68,7 @@ def editor(request):
         effect.setupOptionsFrame()
         effect.setMRMLDefaults()
         effect.activate()
-        scene.messages, scene.progress, scene.letter_l, scene.ball = messages, progress, letter_l, ball
+        scene.messages, scene.progress, scene.letter_l, scene.ball = record.messages, record.progress, letter_l, ball
         yield effect, scene
     finally:
         sys.path.remove(str(ROOT / "SAMMed3D"))

@@ -1,0 +1,125 @@
+"""The SAM-Med3D module's logic (SAMMed3D/SAMMed3D.py) against the Slicer stand-in: dependencies asked once and
+installed on the main thread's call, the model downloaded with a progress dialog and SHA256 check from a real HTTP
+server on 127.0.0.1, the configured model loaded once."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import importlib
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import slicer_standin
+import torch
+
+from SAMMed3DLib import weights
+from SAMMed3DLib.errors import SAMMed3DError
+from SAMMed3DLib.slicer_setup import LOCAL_FILE, ModelSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def module(monkeypatch, tmp_path):
+    """The SAMMed3D module file imported against the stand-in, with its record and a fresh shared logic."""
+    replaced = (*slicer_standin.REPLACED, "SAMMed3D")
+    saved = {name: sys.modules[name] for name in replaced if name in sys.modules}
+    record = slicer_standin.Record()
+    slicer_standin.install(record)
+    sys.path.insert(0, str(ROOT / "SAMMed3D"))
+    monkeypatch.setenv("SAMMED3D_HOME", str(tmp_path / "home"))
+    try:
+        sammed3d = importlib.import_module("SAMMed3D")
+        sammed3d.SAMMed3DLogic._instance = None
+        yield sammed3d, record
+    finally:
+        sys.path.remove(str(ROOT / "SAMMed3D"))
+        for name in replaced:
+            sys.modules.pop(name, None)
+        sys.modules.update(saved)
+
+
+def test_dependencies_are_asked_once_and_installed_when_confirmed(module, monkeypatch):
+    sammed3d, record = module
+    monkeypatch.setattr(sammed3d, "missing_packages", lambda backend: (True, ["tqdm>=4.60"]))
+    logic = sammed3d.SAMMed3DLogic.shared()
+    record.answers = [False]
+    with pytest.raises(SAMMed3DError, match="not installed"):
+        logic.ensureDependencies("torch")
+    assert len(record.questions) == 1 and "PyTorch" in record.questions[0] and "tqdm" in record.questions[0]
+    with pytest.raises(SAMMed3DError, match="Install dependencies"):  # not asked again on the next click
+        logic.ensureDependencies("torch")
+    assert len(record.questions) == 1 and record.pip == [] and record.torch == []
+    logic.ensureDependencies("torch", askAgain=True)  # the panel's button; answered yes
+    assert len(record.questions) == 2
+    assert record.torch == [False]  # PyTorchUtils installs without asking a second time
+    assert record.pip == [["tqdm>=4.60"]]
+    monkeypatch.setattr(sammed3d, "missing_packages", lambda backend: (False, []))
+    logic.ensureDependencies("torch")
+    assert len(record.questions) == 2
+
+
+@pytest.fixture
+def served_checkpoint(tmp_path, monkeypatch):
+    """A registry entry whose file is served by a real HTTP server on 127.0.0.1."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+    payload = b"not really a checkpoint, but hashed like one" * 50_000
+    (folder / "local.pth").write_bytes(payload)
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), lambda *a: Quiet(*a, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    entry = weights.Checkpoint(
+        name="local", filename="local.pth", url=f"http://127.0.0.1:{server.server_address[1]}/local.pth",
+        page="", size=len(payload), sha256=hashlib.sha256(payload).hexdigest(), description="test",
+    )
+    monkeypatch.setattr(weights, "REGISTRY", (*weights.REGISTRY, entry))
+    yield payload
+    server.shutdown()
+
+
+def test_model_download_asks_shows_progress_and_is_kept(module, served_checkpoint):
+    sammed3d, record = module
+    logic = sammed3d.SAMMed3DLogic.shared()
+    settings = ModelSettings(model="local").validated()
+    record.answers = [False]
+    with pytest.raises(SAMMed3DError, match="No model"):
+        logic.ensureModelFile(settings)
+    assert "Nothing is uploaded" in record.questions[0] and not record.progress
+    path = logic.ensureModelFile(settings)
+    assert path.read_bytes() == served_checkpoint and path.parent == weights.cache_dir()
+    assert len(record.progress) == 1 and record.progress[0].closed
+    assert record.progress[0].kwargs["maximum"] == 100
+    assert logic.ensureModelFile(settings) == path  # verified and cached: not asked, not downloaded again
+    assert len(record.questions) == 2 and len(record.progress) == 1
+
+
+def test_a_model_only_offered_on_a_web_page_says_where_to_get_it(module):
+    sammed3d, _ = module
+    with pytest.raises(SAMMed3DError, match="Local file"):
+        sammed3d.SAMMed3DLogic.shared().ensureModelFile(ModelSettings(model="base"))
+
+
+def test_configured_model_is_loaded_once_and_reloaded_on_change(module, tmp_path, monkeypatch):
+    from SAMMed3DLib.model import build_sam_med3d
+
+    sammed3d, record = module
+    monkeypatch.setattr(sammed3d, "missing_packages", lambda backend: (False, []))
+    torch.manual_seed(0)
+    path = tmp_path / "tiny.pth"
+    torch.save(build_sam_med3d("tiny").state_dict(), path)
+    logic = sammed3d.SAMMed3DLogic.shared()
+    assert "not loaded" in logic.statusText()
+    logic.saveSettings(ModelSettings(model=LOCAL_FILE, local_path=str(path), device="cpu"))
+    first = logic.predictor()
+    assert logic.predictor() is first and logic.statusText() == "PyTorch on cpu"
+    logic.saveSettings(ModelSettings(model=LOCAL_FILE, local_path=str(path), device="auto"))
+    assert logic.predictor() is not first
+    assert not record.questions  # nothing to install, nothing to download
