@@ -64,7 +64,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             "<html>Segment a structure in 3D with SAM-Med3D.<p>"
             "<b>Left-click</b>: include. <b>Ctrl+left-click</b> or <b>X</b> then click: exclude. "
             "<b>Backspace</b>: undo the last click. <b>Shift+Backspace</b>: reset this segment's clicks.<p>"
-            "Clicks belong to the selected segment. Choose the model in the SAM-Med3D module.</html>"
+            "Clicks belong to the selected segment. <i>Undo click</i> takes back a click and its prompt; the Segment "
+            "Editor's Undo restores the segment only. Choose the model in the SAM-Med3D module.</html>"
         )
 
     # -- options panel -----------------------------------------------------------------------------------------
@@ -189,7 +190,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
                 if progress is not None:
                     progress.close()
         except (SAMMed3DError, ValueError) as error:
-            self._showError(f"{error}.\n\nThe segment was not changed.")
+            self._showError(str(error).rstrip(".") + ".\n\nThe segment was not changed.")
             return False
         except Exception as error:
             logging.exception("SAM-Med3D click failed")
