@@ -13,6 +13,7 @@ step and continued with `resume` ends with the same weights as an uninterrupted 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -203,6 +204,15 @@ def _set_rng_state(state: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def weights_digest(model: nn.Module) -> str:
+    """SHA256 of the state dict's names and bytes (to compare weights across processes and runs)."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -367,6 +377,13 @@ class Trainer:
         if name == LATEST:
             self._saved_at = self.step, self.epoch, self.micro_batch
 
+    def _check_consistent(self) -> None:
+        """Log every process's weights digest; under DDP they must be identical, else the run is wrong."""
+        digests = gather(self.context, weights_digest(self.model))
+        self.log({"kind": "end", "step": self.step, "epoch": self.epoch, "weights_sha256": digests})
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"the processes ended with different weights: {digests}")
+
     def log(self, record: Dict[str, Any]) -> None:
         if self.context.is_main:
             with open(self.output / LOG, "a") as stream:
@@ -415,6 +432,7 @@ class Trainer:
                 self._end_of_epoch(summary)
             if self._saved_at != (self.step, self.epoch, self.micro_batch):
                 self.save(LATEST)
+            self._check_consistent()
         except KeyboardInterrupt:
             if not context.distributed:  # keep what was trained, from the last optimiser step on
                 self.micro_batch -= self.micro_batch % config.accumulation_steps
