@@ -16,13 +16,15 @@ class SegmentEditorSAMMed3D(ScriptedLoadableModule):
         self.parent.hidden = True
         self.parent.helpText = "This hidden module registers the SAM-Med3D Segment Editor effect."
         self.parent.acknowledgementText = ""
-        slicer.app.connect("startupCompleted()", self.registerEditorEffect)
+        slicer.app.connect("startupCompleted()", registerEditorEffect)
 
-    def registerEditorEffect(self):
-        import qSlicerSegmentationsEditorEffectsPythonQt as qSlicerSegmentationsEditorEffects
 
-        instance = qSlicerSegmentationsEditorEffects.qSlicerSegmentEditorScriptedEffect(None)
-        # Slicer takes the module name from the folder and the class name from the file name.
-        effectFilename = os.path.join(os.path.dirname(__file__), "SegmentEditorSAMMed3DLib", "SegmentEditorEffect.py")
-        instance.setPythonSource(effectFilename.replace("\\", "/"))
-        instance.self().register()
+def registerEditorEffect():
+    """Register the effect with the Segment Editor's effect factory (also used by the self-tests)."""
+    import qSlicerSegmentationsEditorEffectsPythonQt as qSlicerSegmentationsEditorEffects
+
+    instance = qSlicerSegmentationsEditorEffects.qSlicerSegmentEditorScriptedEffect(None)
+    # Slicer takes the module name from the folder and the class name from the file name.
+    effectFilename = os.path.join(os.path.dirname(__file__), "SegmentEditorSAMMed3DLib", "SegmentEditorEffect.py")
+    instance.setPythonSource(effectFilename.replace("\\", "/"))
+    instance.self().register()

@@ -10,17 +10,17 @@ Run: Slicer --testing --python-code "import slicer.testing; slicer.testing.runUn
 'SegmentEditorSAMMed3DTest')" (registered with slicer_add_python_unittest in SAMMed3D/CMakeLists.txt).
 """
 
-import importlib.util
 import os
 import tempfile
 import unittest
 
 import numpy as np
+import SegmentEditorSAMMed3D
 import slicer
 
 from SAMMed3D import SAMMed3DLogic
 from SAMMed3DLib.predictors import ThresholdPredictor
-from SAMMed3DLib.slicer_setup import LOCAL_FILE, ModelSettings
+from SAMMed3DLib.slicer_setup import LOCAL_FILE, ModelSettings, missing_packages
 
 SPACING = np.array([0.9, 0.8, 2.5])  # I, J, K mm
 SHAPE = (30, 90, 80)  # K, J, I
@@ -78,6 +78,9 @@ class SegmentEditorSAMMed3DTest(unittest.TestCase):
 
         self.logic = SAMMed3DLogic.shared()
         self.logic.setPredictor(ThresholdPredictor(), "threshold oracle", "cpu")
+        if self.editorWidget.effectByName("SAM-Med3D") is None:  # the test ran before startupCompleted()
+            SegmentEditorSAMMed3D.registerEditorEffect()
+            self.editorWidget.updateEffectList()
         self.editorWidget.setActiveEffectByName("SAM-Med3D")
         self.effect = self.editorWidget.activeEffect().self()
 
@@ -170,8 +173,8 @@ class SegmentEditorSAMMed3DTest(unittest.TestCase):
         self.assertGreater(mask[self.letterL].mean(), 0.85)
 
     def test_random_weight_model_from_a_file(self):
-        if importlib.util.find_spec("torch") is None:
-            self.skipTest("torch is not installed in this Slicer (installed on first use, which needs network)")
+        if missing_packages("torch") != (False, []):
+            self.skipTest("torch (or scipy, tqdm) is not installed in this Slicer: installing needs network")
         import torch
 
         from SAMMed3DLib.model import build_sam_med3d
