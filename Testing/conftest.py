@@ -26,7 +26,7 @@ def pyradiomics_data() -> Path:
     if not (target / "lung1_image.nrrd").exists():
         with tempfile.TemporaryDirectory() as download:
             subprocess.run(
-                [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
+                [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", "pyradiomics-bhklab",
                  PYRADIOMICS, "-d", download],
                 check=True,
             )
