@@ -239,3 +239,19 @@ def test_the_module_uses_only_widgets_the_ui_file_has():
     defined = {widget.get("name") for widget in ui.iter("widget")}
     used = set(re.findall(r"self\.ui\.(\w+)", (MODULE / "SAMMed3D.py").read_text()))
     assert used and used <= defined, f"not in the .ui file: {sorted(used - defined)}"
+
+
+def test_the_effect_imports_no_heavy_package():
+    """The effect is registered at Slicer's startup, before the user agreed to install anything: what it imports
+    from SAMMed3DLib must load without torch, scipy or onnxruntime."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import SAMMed3DLib.geometry, SAMMed3DLib.session, SAMMed3DLib.slicer_geometry, SAMMed3DLib.slicer_prompts\n"
+        "import SAMMed3DLib.slicer_setup, SAMMed3DLib.errors, SAMMed3DLib.weights\n"
+        "print(sorted(m for m in ('torch', 'scipy', 'onnxruntime', 'tqdm', 'SimpleITK') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
