@@ -8,6 +8,8 @@ import ast
 import json
 import re
 import struct
+import subprocess
+import sys
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
@@ -244,9 +246,6 @@ def test_the_module_uses_only_widgets_the_ui_file_has():
 def test_the_effect_imports_no_heavy_package():
     """The effect is registered at Slicer's startup, before the user agreed to install anything: what it imports
     from SAMMed3DLib must load without torch, scipy or onnxruntime."""
-    import subprocess
-    import sys
-
     code = (
         "import sys\n"
         "import SAMMed3DLib.geometry, SAMMed3DLib.session, SAMMed3DLib.slicer_geometry, SAMMed3DLib.slicer_prompts\n"
