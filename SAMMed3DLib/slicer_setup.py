@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
@@ -71,16 +71,21 @@ class ModelSettings:
 
     @classmethod
     def from_strings(cls, values: Mapping[str, object]) -> ModelSettings:
-        """Settings from stored strings; missing or unusable values fall back to the defaults."""
-        settings = cls()
+        """Settings from stored strings. A value that is unusable on its own (an unknown backend, device or model)
+        falls back to its default; a combination that does not work together is kept, so the panel shows what the
+        user chose, and `validated()` says what to change."""
+        known = {
+            "model": lambda v: v == LOCAL_FILE or weights.find(v) is not None,
+            "local_path": lambda v: True,
+            "backend": lambda v: v in BACKENDS,
+            "device": lambda v: v in DEVICES,
+        }
+        chosen = {}
         for field, key in SETTINGS_KEYS.items():
             value = values.get(key)
-            if value not in (None, ""):
-                settings = replace(settings, **{field: str(value)})
-        try:
-            return settings.validated()
-        except SAMMed3DError:
-            return cls(local_path=settings.local_path)
+            if value not in (None, "") and known[field](str(value)):
+                chosen[field] = str(value)
+        return cls(**chosen)
 
 
 def missing_packages(

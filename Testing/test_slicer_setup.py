@@ -31,10 +31,15 @@ def test_settings_round_trip_through_strings_and_fall_back_on_bad_values():
     assert set(stored) == set(SETTINGS_KEYS.values()) and all(isinstance(v, str) for v in stored.values())
     assert ModelSettings.from_strings(stored) == settings
     assert ModelSettings.from_strings({}) == ModelSettings()
-    # A stale or hand-edited value does not break the panel: defaults, keeping the local path.
+    # A stale or hand-edited value does not break the panel: that value falls back to its default.
     assert ModelSettings.from_strings({SETTINGS_KEYS["device"]: "tpu", SETTINGS_KEYS["local_path"]: "/x"}) == (
         ModelSettings(local_path="/x")
     )
+    # A combination that does not work is kept as chosen (the panel shows it, validated() explains it).
+    onnx = ModelSettings.from_strings({SETTINGS_KEYS["backend"]: "onnx"})
+    assert onnx == ModelSettings(backend="onnx")
+    with pytest.raises(SAMMed3DError, match="exported model folder"):
+        onnx.validated()
 
 
 @pytest.mark.parametrize(
