@@ -39,6 +39,67 @@ class _Widget:
                 slot(*args)
 
 
+class _ComboBox(_Widget):
+    """QComboBox: items with user data; currentIndexChanged(int) when the index changes."""
+
+    def __init__(self, text=""):
+        super().__init__(text)
+        self.items, self.currentIndex = [], -1
+
+    def addItem(self, text, data=None):
+        self.items.append((text, data))
+        if self.currentIndex < 0:
+            self.setCurrentIndex(0)
+
+    def findData(self, data):
+        return next((index for index, (_, value) in enumerate(self.items) if value == data), -1)
+
+    def setCurrentIndex(self, index):
+        if index != self.currentIndex:
+            self.currentIndex = index
+            self.emit("currentIndexChanged(int)", index)
+
+    @property
+    def currentData(self):
+        return self.items[self.currentIndex][1] if self.currentIndex >= 0 else None
+
+
+class _PathLineEdit(_Widget):
+    """ctkPathLineEdit: currentPath, and currentPathChanged(QString) when it is set."""
+
+    def __init__(self, text=""):
+        super().__init__(text)
+        self._path = ""
+
+    @property
+    def currentPath(self):
+        return self._path
+
+    @currentPath.setter
+    def currentPath(self, path):
+        self._path = path
+        self.emit("currentPathChanged(QString)", path)
+
+
+class _UiWidget(_Widget):
+    def setMRMLScene(self, scene):
+        self.scene = scene
+
+
+def _load_ui(path):
+    """slicer.util.loadUI: the .ui file's widgets, by object name, made from its classes."""
+    import xml.etree.ElementTree as ElementTree
+
+    classes = {"QComboBox": _ComboBox, "ctkPathLineEdit": _PathLineEdit, "QPushButton": _Widget, "QLabel": _Widget,
+               "ctkCollapsibleButton": _Widget, "qMRMLWidget": _UiWidget}
+    top = _UiWidget()
+    top.children = {
+        widget.get("name"): classes[widget.get("class")]()
+        for widget in ElementTree.parse(path).iter("widget")
+    }
+    return top
+
+
 class _Layout:
     def __init__(self):
         self.widgets = []
@@ -363,6 +424,7 @@ class Record:
 
     def __init__(self):
         self.messages, self.progress, self.questions, self.answers, self.pip, self.torch = [], [], [], [], [], []
+        self.selected = []
 
 
 def _util_module(record: Record):
@@ -385,6 +447,19 @@ def _util_module(record: Record):
         record.progress.append(dialog)
         return dialog
 
+    @contextlib.contextmanager
+    def tryWithErrorDisplay(message=None, show=True, waitCursor=False):
+        """Shows the error and raises it again, as Slicer's does."""
+        try:
+            yield
+        except Exception as error:
+            record.messages.append(f"{message}\n\n{error}")
+            raise
+
+    util.tryWithErrorDisplay = tryWithErrorDisplay
+    util.loadUI = _load_ui
+    util.childWidgetVariables = lambda widget: types.SimpleNamespace(**widget.children)
+    util.selectModule = record.selected.append
     util.confirmOkCancelDisplay = confirmOkCancelDisplay
     util.createProgressDialog = createProgressDialog
     return util
@@ -409,6 +484,22 @@ def _pytorch_utils_module(record: Record):
 class ScriptedLoadableModule:
     def __init__(self, parent):
         self.parent = parent
+
+
+class ScriptedLoadableModuleWidget:
+    """Base/Python/slicer/ScriptedLoadableModule.py: a layout, and resourcePath beside the module file."""
+
+    module_dir = None
+
+    def __init__(self, parent=None):
+        self.parent = parent
+        self.layout = _Layout()
+
+    def setup(self):
+        pass
+
+    def resourcePath(self, filename):
+        return str(self.module_dir / "Resources" / filename)
 
 
 class ScriptedLoadableModuleLogic:
@@ -466,7 +557,8 @@ def install(record: Record, scene: Scene | None = None) -> types.ModuleType:
     scripted = types.ModuleType("slicer.ScriptedLoadableModule")
     scripted.ScriptedLoadableModule = ScriptedLoadableModule
     scripted.ScriptedLoadableModuleLogic = ScriptedLoadableModuleLogic
-    scripted.ScriptedLoadableModuleWidget = scripted.ScriptedLoadableModuleTest = object
+    scripted.ScriptedLoadableModuleWidget = ScriptedLoadableModuleWidget
+    scripted.ScriptedLoadableModuleTest = object
     slicer.ScriptedLoadableModule = scripted
 
     effects = types.ModuleType("SegmentEditorEffects")

@@ -123,3 +123,39 @@ def test_configured_model_is_loaded_once_and_reloaded_on_change(module, tmp_path
     logic.saveSettings(ModelSettings(model=LOCAL_FILE, local_path=str(path), device="auto"))
     assert logic.predictor() is not first
     assert not record.questions  # nothing to install, nothing to download
+
+
+def test_the_panel_offers_the_registry_and_saves_choices(module, monkeypatch, tmp_path):
+    sammed3d, record = module
+    slicer_standin.ScriptedLoadableModuleWidget.module_dir = ROOT / "SAMMed3D"
+    onnx_missing = {"torch": (False, []), "onnx": (False, ["onnxruntime>=1.17"])}
+    monkeypatch.setattr(sammed3d, "missing_packages", onnx_missing.get)
+    widget = sammed3d.SAMMed3DWidget()
+    widget.setup()
+    ui = widget.ui
+    assert [data for _, data in ui.modelComboBox.items] == [e.name for e in weights.REGISTRY] + [LOCAL_FILE]
+    assert [data for _, data in ui.backendComboBox.items] == ["torch", "onnx"]
+    assert [data for _, data in ui.deviceComboBox.items] == ["auto", "cpu", "cuda", "mps"]
+    assert ui.modelComboBox.currentData == "turbo" and not ui.localPathLineEdit.enabled
+    assert ui.downloadButton.enabled and not ui.installButton.enabled
+    assert "not downloaded yet" in ui.modelStatusLabel.text
+
+    folder = tmp_path / "exported"
+    folder.mkdir()
+    ui.modelComboBox.setCurrentIndex(ui.modelComboBox.findData(LOCAL_FILE))
+    ui.localPathLineEdit.currentPath = str(folder)
+    ui.backendComboBox.setCurrentIndex(ui.backendComboBox.findData("onnx"))
+    ui.deviceComboBox.setCurrentIndex(ui.deviceComboBox.findData("cpu"))
+    stored = sammed3d.SAMMed3DLogic.shared().settings()
+    assert stored == ModelSettings(model=LOCAL_FILE, local_path=str(folder), backend="onnx", device="cpu")
+    assert ui.localPathLineEdit.enabled and not ui.downloadButton.enabled
+    assert ui.installButton.enabled and "onnxruntime" in ui.modelStatusLabel.text
+
+    ui.deviceComboBox.setCurrentIndex(ui.deviceComboBox.findData("mps"))  # not offered by ONNX Runtime: explained
+    assert "auto, cpu or cuda" in ui.modelStatusLabel.text
+
+    again = sammed3d.SAMMed3DWidget()  # a new panel shows what was saved
+    again.setup()
+    assert again.ui.backendComboBox.currentData == "onnx" and again.ui.localPathLineEdit.currentPath == str(folder)
+    ui.segmentEditorButton.emit("clicked()")
+    assert record.selected == ["SegmentEditor"]
