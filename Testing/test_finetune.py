@@ -308,5 +308,8 @@ def test_one_step_of_vit_b_ori(tmp_path):
     assert any(name.startswith("mask_decoder.") for name in changed)
     checkpoint = torch.load(tmp_path / "out" / LATEST, weights_only=True)
     assert checkpoint["args"]["lr"] == 8e-5 and checkpoint["step"] == 1
+    import medim
+
+    medim.create_model("SAM-Med3D").load_state_dict(checkpoint["model_state_dict"], strict=True)  # the reference
     lrs = [group["lr"] for group in checkpoint["optimizer_state_dict"]["param_groups"]]
     np.testing.assert_allclose(lrs, [8e-5, 8e-6, 8e-6], rtol=1e-12)  # encoder; prompt encoder, decoder at 1/10
