@@ -2,20 +2,24 @@
 together: any number of points, a 32^3 mask prompt), for `SAMMed3DLib.onnx_backend.OnnxPredictor`.
 
 The export traces the torch network with the TorchScript-based exporter (`torch.onnx.export(dynamo=False)`): the
-torch.export-based one fails on this encoder in torch 2.13 (its decomposition of `scaled_dot_product_attention`
-followed by the head merge raises a view error). Tracing keeps the encoder's closed-form window attention exactly
-as written (512 real keys plus one padding key, one MatMul-Add-Softmax-MatMul per block), not the reference's
-2744-token window. Every export is checked numerically against torch before it replaces anything in the output
-folder; both files carry the source checkpoint's sha256 and the package version as metadata.
+torch.export-based one fails on this encoder in torch 2.13 (view errors in its decompositions of
+`scaled_dot_product_attention` and of `add(out=...)`). Tracing keeps the encoder's closed-form window attention
+(512 real keys plus one padding key, one MatMul-Add-Softmax-MatMul per block), not the reference's 2744-token
+window. The tracer cannot follow writes through views, and `RelPosAttention` fills its bias in place for speed, so
+during export each attention module builds the same bias out of place (`_traceable_relative_position_bias`).
+Every export is checked numerically against torch before it replaces anything in the output folder; both files
+carry the source checkpoint's sha256 and the package version as metadata.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+import types
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, Iterator, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -24,6 +28,7 @@ from torch import nn
 from SAMMed3DLib import __version__
 from SAMMed3DLib.errors import SAMMed3DError
 from SAMMed3DLib.model import SamMed3D, load_sam_med3d
+from SAMMed3DLib.model.image_encoder import RelPosAttention
 from SAMMed3DLib.onnx_backend import (
     CHECKPOINT_NAME_KEY,
     CHECKPOINT_SHA256_KEY,
@@ -110,7 +115,7 @@ def _output_folder(output: Union[str, Path]) -> Path:
 
 def _export(module: nn.Module, inputs: Tuple[torch.Tensor, ...], path: Path, input_names, output_names,
             dynamic_axes: Optional[Dict[str, Dict[int, str]]] = None) -> None:
-    with warnings.catch_warnings():
+    with torch.no_grad(), _traceable_attention(module), warnings.catch_warnings():
         # The tracer warns about Python-level shape checks (constant for a fixed patch size) and that this
         # exporter is the older of the two (see the module docstring for why it is the one used).
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -126,6 +131,55 @@ def _export(module: nn.Module, inputs: Tuple[torch.Tensor, ...], path: Path, inp
             dynamic_axes=dynamic_axes,
             do_constant_folding=True,
         )
+
+
+def _traceable_relative_position_bias(self: RelPosAttention, q: torch.Tensor) -> torch.Tensor:
+    """`RelPosAttention._relative_position_bias` (same formula, same result) built with concatenations instead of
+    writes into a preallocated tensor, which the tracer would drop."""
+    batch, heads, grid = q.shape[0], q.shape[1], q.shape[2]
+    size, tokens = self.grid_size, grid**3
+    q_row = q
+    if grid < size:
+        q_pad = self.qkv.bias[: heads * self.head_dim].view(1, heads, 1, 1, 1, self.head_dim)
+        q_row = torch.cat([q, q_pad.expand(batch, heads, grid, grid, size - grid, self.head_dim)], dim=4)
+    position = torch.arange(size, device=q.device)
+    offset = position[:, None] - position[None, :] + size - 1
+    term_d = torch.einsum("nhijkc,izc->nhijkz", q, self.rel_pos_d[offset[:grid]])
+    term_h = torch.einsum("nhijxc,jzc->nhijxz", q_row, self.rel_pos_h[offset[:grid]])
+    term_w = torch.einsum("nhijyc,yzc->nhijyz", q_row, self.rel_pos_w[offset])
+    real = (
+        term_d[:, :, :, :, :, None, None, :grid]
+        + term_h[:, :, :, :, None, :grid, None, :grid]
+        + term_w[:, :, :, :, None, None, :grid, :grid]
+    ).reshape(batch, heads, tokens, tokens)
+    if grid == size:
+        return real
+
+    def sum_over(term: torch.Tensor, keys: slice) -> torch.Tensor:
+        return torch.logsumexp(term[:, :, :, :, keys], dim=4).unsqueeze(4)
+
+    all_keys, real_keys, padded_keys = slice(None), slice(None, grid), slice(grid, None)
+    padding = torch.cat(
+        [
+            (term_d + sum_over(term_h, all_keys) + sum_over(term_w, all_keys))[..., grid:],
+            (term_d + sum_over(term_h, padded_keys) + sum_over(term_w, all_keys))[..., :grid],
+            (term_d + sum_over(term_h, real_keys) + sum_over(term_w, padded_keys))[..., :grid],
+        ],
+        dim=-1,
+    )
+    return torch.cat([real, torch.logsumexp(padding, dim=-1).reshape(batch, heads, tokens, 1)], dim=-1)
+
+
+@contextmanager
+def _traceable_attention(module: nn.Module) -> Iterator[None]:
+    attentions = [m for m in module.modules() if isinstance(m, RelPosAttention)]
+    for attention in attentions:
+        attention._relative_position_bias = types.MethodType(_traceable_relative_position_bias, attention)
+    try:
+        yield
+    finally:
+        for attention in attentions:
+            del attention._relative_position_bias
 
 
 def _export_encoder(model: SamMed3D, path: Path) -> None:

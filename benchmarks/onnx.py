@@ -1,0 +1,88 @@
+"""ONNX Runtime against torch on the CPU: encode and decode times of the published network (vit_b_ori) with random
+weights, in one run.
+
+    python benchmarks/onnx.py [--repeats 5]
+
+Exports the network into a temporary folder (checked against torch), then times `TorchPredictor` and
+`OnnxPredictor(providers="cpu")` alternately on the same inputs, so that both see the same machine load: the median
+of `--repeats` encodes of a 128^3 patch and of 10x as many decodes (one click plus the previous logits, as in a
+session round), after one warm-up each. Prints both, the ratio ONNX Runtime / torch, and the largest logit
+difference; exits with 1 if ONNX Runtime is more than 1.1x slower than torch at either.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Dict, List
+
+# Run as a script, this file's folder heads sys.path, and this file would shadow the `onnx` package: drop it.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent / "Testing"))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from random_weights import random_model  # noqa: E402
+
+from SAMMed3DLib.onnx_backend import OnnxPredictor  # noqa: E402
+from SAMMed3DLib.onnx_export import export_model  # noqa: E402
+from SAMMed3DLib.predictors import TorchPredictor  # noqa: E402
+
+MAX_RATIO = 1.1
+
+
+def timed(function: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5, help="timed encodes per backend (default 5)")
+    args = parser.parse_args()
+
+    model = random_model("vit_b_ori", seed=0)
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        export_model(model, folder)
+        print(f"export and check: {time.perf_counter() - start:.1f} s")
+        backends = {"torch": TorchPredictor(model, "cpu"), "onnxruntime": OnnxPredictor(folder, providers="cpu")}
+
+        rng = np.random.default_rng(0)
+        image = rng.standard_normal((1, 1, 128, 128, 128)).astype(np.float32)
+        points = np.array([[[64.0, 60.0, 70.0]]], np.float32)
+        labels = np.ones((1, 1), np.int64)
+        previous = rng.standard_normal((1, 1, 32, 32, 32)).astype(np.float32)
+        embeddings = {name: backend.encode(image) for name, backend in backends.items()}  # warm-up
+        logits = {name: backend.decode(embeddings[name], points, labels, previous)[0]
+                  for name, backend in backends.items()}
+        times: Dict[str, Dict[str, List[float]]] = {name: {"encode": [], "decode": []} for name in backends}
+        for _ in range(args.repeats):
+            for name, backend in backends.items():
+                times[name]["encode"].append(timed(lambda b=backend: b.encode(image)))
+                for _ in range(10):
+                    times[name]["decode"].append(
+                        timed(lambda b=backend, e=embeddings[name]: b.decode(e, points, labels, previous)))
+
+    print(f"CPU threads: torch {torch.get_num_threads()}, ONNX Runtime default (one per physical core)")
+    print(f"{'':8}{'torch':>12}{'ONNX Runtime':>16}{'ratio':>10}")
+    slower = False
+    for step in ("encode", "decode"):
+        torch_time = statistics.median(times["torch"][step])
+        ort_time = statistics.median(times["onnxruntime"][step])
+        ratio = ort_time / torch_time
+        slower |= ratio > MAX_RATIO
+        print(f"{step:8}{torch_time * 1000:>10.1f}ms{ort_time * 1000:>14.1f}ms{ratio:>9.2f}x")
+    print(f"largest logit difference: {np.abs(logits['torch'] - logits['onnxruntime']).max():.2e}")
+    print(f"ONNX Runtime {'SLOWER than' if slower else 'within'} {MAX_RATIO}x of torch")
+    return 1 if slower else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
