@@ -29,7 +29,7 @@ def resample_into(volume: Volume, frame: PatchFrame, interpolation: str = "linea
     if interpolation not in ("linear", "nearest"):
         raise ValueError(f"interpolation must be 'linear' or 'nearest', got {interpolation!r}")
     mapping = axis_map(volume, frame)
-    steps = []  # per patch axis: (array axis, low index, high index, low weight, high weight, inside)
+    steps = []  # per patch axis: (array axis, low index, high index, high weight or None, inside)
     for r in range(3):
         axis = mapping.array_axis[r]
         n = volume.array.shape[axis]
@@ -40,29 +40,35 @@ def resample_into(volume: Volume, frame: PatchFrame, interpolation: str = "linea
             return np.zeros((frame.size,) * 3, dtype=dtype)
         if interpolation == "nearest":
             low = np.clip(np.floor(coords + 0.5), 0, n - 1).astype(np.int64)
-            steps.append((axis, low, low, inside, None, inside))
+            steps.append((axis, low, low, None, inside))
             continue
         clamped = np.clip(coords, 0, n - 1)
         low = np.minimum(np.floor(clamped), max(n - 2, 0)).astype(np.int64)
         high = np.minimum(low + 1, n - 1)
-        weight = (clamped - low).astype(np.float32)
-        steps.append((axis, low, high, (1 - weight) * inside, weight * inside, inside))
-    # Read only the block of voxels the frame touches, then interpolate one axis at a time (K first: whole planes).
+        steps.append((axis, low, high, (clamped - low).astype(np.float32), inside))
+    # Read only the block of voxels the frame touches, then interpolate one axis at a time, the axis that shrinks
+    # the data most first.
     block = [slice(None)] * 3
-    for axis, low, high, _, _, inside in steps:
+    for axis, low, high, _, inside in steps:
         block[axis] = slice(int(low[inside].min()), int(high[inside].max()) + 1)
     values = volume.array[tuple(block)]
-    for axis, low, high, low_weight, high_weight, _ in sorted(steps, key=lambda step: step[0]):
+    for axis, low, high, weight, inside in sorted(steps, key=lambda step: len(step[1]) / values.shape[step[0]]):
         start, last = block[axis].start, block[axis].stop - 1 - block[axis].start
-        shape = [1, 1, 1]
-        shape[axis] = -1
-        low_values = np.take(values, np.clip(low - start, 0, last), axis=axis)
-        if high_weight is None:
-            values = np.where(low_weight.reshape(shape), low_values, np.zeros((), low_values.dtype))
-            continue
-        high_values = np.take(values, np.clip(high - start, 0, last), axis=axis)
-        values = (low_values.astype(np.float32, copy=False) * low_weight.reshape(shape)
-                  + high_values.astype(np.float32, copy=False) * high_weight.reshape(shape))
+        below = np.take(values, np.clip(low - start, 0, last), axis=axis)
+        if weight is not None:  # below + weight * (above - below), in place
+            shape = [1, 1, 1]
+            shape[axis] = -1
+            above = np.take(values, np.clip(high - start, 0, last), axis=axis).astype(np.float32, copy=False)
+            below = below.astype(np.float32, copy=False)
+            above -= below
+            above *= weight.reshape(shape)
+            above += below
+            below = above
+        values = below
+        if not inside.all():
+            outside = [slice(None)] * 3
+            outside[axis] = ~inside
+            values[tuple(outside)] = 0
     return np.ascontiguousarray(values.transpose(mapping.array_axis))
 
 
