@@ -149,7 +149,7 @@ class SAMMed3DLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         self._predictor = None
         self._predictorSettings = None
-        self._download = None
+        self._downloads = {}  # registry name -> BackgroundDownload, kept while it runs (a cancelled dialog)
         self._dependenciesDeclined = False
         self.backend = ""
         self.device = ""
@@ -206,7 +206,8 @@ class SAMMed3DLogic(ScriptedLoadableModuleLogic):
                 f"The '{entry.name}' checkpoint is only offered at {entry.page}. Download it with a web browser, "
                 "then choose 'Local file' in the SAM-Med3D module."
             )
-        if self._download is None or self._download.done:
+        download = self._downloads.get(entry.name)
+        if download is None or download.done:
             size = f" (about {entry.size // 1_000_000} MB)" if entry.size else ""
             if not slicer.util.confirmOkCancelDisplay(
                 f"Download the SAM-Med3D '{entry.name}' model{size} from {entry.url}?\n\nThe file is checked with "
@@ -214,20 +215,20 @@ class SAMMed3DLogic(ScriptedLoadableModuleLogic):
                 windowTitle="SAM-Med3D",
             ):
                 raise SAMMed3DError("No model: download it, or choose 'Local file' in the SAM-Med3D module.")
-            self._download = BackgroundDownload(entry.name).start()
+            download = self._downloads[entry.name] = BackgroundDownload(entry.name).start()
         progress = slicer.util.createProgressDialog(
             labelText=f"Downloading {entry.filename}...", maximum=100, windowTitle="SAM-Med3D"
         )
         try:
-            while not self._download.wait(0.1):
-                fraction = self._download.fraction()
+            while not download.wait(0.1):
+                fraction = download.fraction()
                 progress.value = int(100 * fraction) if fraction is not None else 0
                 slicer.app.processEvents()
                 if progress.wasCanceled:
                     raise SAMMed3DError("Download cancelled. The next attempt continues where this one stopped.")
         finally:
             progress.close()
-        return self._download.result()
+        return download.result()
 
     # -- predictor ---------------------------------------------------------------------------------------------
 

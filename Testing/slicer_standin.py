@@ -424,7 +424,7 @@ class Record:
 
     def __init__(self):
         self.messages, self.progress, self.questions, self.answers, self.pip, self.torch = [], [], [], [], [], []
-        self.selected = []
+        self.selected, self.cancel = [], False  # cancel: progress dialogs report wasCanceled
 
 
 def _util_module(record: Record):
@@ -444,6 +444,7 @@ def _util_module(record: Record):
 
     def createProgressDialog(**kwargs):
         dialog = _Progress(**kwargs)
+        dialog.wasCanceled = record.cancel
         record.progress.append(dialog)
         return dialog
 

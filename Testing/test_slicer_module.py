@@ -101,6 +101,20 @@ def test_model_download_asks_shows_progress_and_is_kept(module, served_checkpoin
     assert len(record.questions) == 2 and len(record.progress) == 1
 
 
+def test_a_cancelled_download_goes_on_and_is_not_asked_again(module, served_checkpoint):
+    sammed3d, record = module
+    logic = sammed3d.SAMMed3DLogic.shared()
+    settings = ModelSettings(model="local").validated()
+    record.cancel = True
+    with pytest.raises(SAMMed3DError, match="continues where this one stopped"):
+        logic.ensureModelFile(settings)
+    assert record.progress[0].closed
+    record.cancel = False
+    path = logic.ensureModelFile(settings)
+    assert path.read_bytes() == served_checkpoint
+    assert len(record.questions) == 1  # the running download was reused, not asked for again
+
+
 def test_a_model_only_offered_on_a_web_page_says_where_to_get_it(module):
     sammed3d, _ = module
     with pytest.raises(SAMMed3DError, match="Local file"):
