@@ -33,6 +33,7 @@ from SAMMed3DLib.preprocess import is_ct, prepare_patch, resample_into
 MODALITIES = ("auto", "ct", "mr")
 CLICK_MARGIN = 8  # patch voxels (12 mm): a click closer than this to every ROI's faces opens a new ROI
 PROMPT_LOGIT_SCALE = 8.0  # an existing mask as mask prompt: full voxels -> +4, empty -> -4 (logit 0 = half full)
+UNDO_BYTES = 512 * 2**20  # overwritten mask voxels kept for undo; the oldest steps are dropped beyond this
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,10 @@ class _Step:
     rois: Tuple[_Roi, ...]
     clicks: Tuple[Click, ...]
     overwritten: List[Tuple[Region, np.ndarray]]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(values.nbytes for _, values in self.overwritten)
 
 
 class InteractiveSession:
@@ -158,11 +163,14 @@ class InteractiveSession:
             raise
         self._rois, self._clicks = tuple(rois), clicks
         self._history.append(step)
+        while len(self._history) > 1 and sum(old.nbytes for old in self._history) > UNDO_BYTES:
+            self._history.pop(0)
         timings["total"] = time.perf_counter() - start
         return Prediction(self.mask, _union(region for region, _ in step.overwritten), timings, len(self._rois))
 
     def undo(self) -> Optional[Prediction]:
-        """Return to the state before the last click, exactly; None if there is nothing to undo."""
+        """Return to the state before the last click, exactly; None if there is nothing to undo. The history keeps
+        the newest steps whose overwritten voxels fit in `UNDO_BYTES` (always the last one)."""
         if not self._history:
             return None
         step = self._history.pop()

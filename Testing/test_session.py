@@ -189,6 +189,19 @@ def test_undo_restores_exactly_and_reset_clears():
         session.mask[0, 0, 0] = 1  # the mask handed out is read-only
 
 
+def test_undo_history_is_bounded_by_memory(monkeypatch):
+    from SAMMed3DLib import session as session_module
+
+    volume, _, center, _ = synthetic(LPS, [1.5, 1.5, 1.5])
+    monkeypatch.setattr(session_module, "UNDO_BYTES", int(volume.array.size * 1.5))  # room for one step
+    session = InteractiveSession(ThresholdPredictor(), volume)
+    session.add_click(center)
+    second = session.add_click(center + CLICK_OFFSET).mask.copy()
+    session.add_click(center + [25.0, 0, 8], positive=False)
+    assert session.undo() is not None and session.undo() is None  # the oldest step was dropped
+    np.testing.assert_array_equal(session.mask, second)
+
+
 def test_bad_clicks_raise_and_leave_the_session_unchanged():
     volume, _, center, _ = synthetic(LPS, [1.0, 1.0, 1.0])
     session = InteractiveSession(ThresholdPredictor(), volume)
