@@ -9,6 +9,7 @@ import http.server
 import importlib
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -70,11 +71,18 @@ def served_checkpoint(tmp_path, monkeypatch):
     payload = b"not really a checkpoint, but hashed like one" * 50_000
     (folder / "local.pth").write_bytes(payload)
 
-    class Quiet(http.server.SimpleHTTPRequestHandler):
+    class Slow(http.server.SimpleHTTPRequestHandler):
+        """Serves in pieces with pauses, so a dialog can be cancelled while the download runs."""
+
+        def copyfile(self, source, outputfile):
+            while chunk := source.read(64 * 1024):
+                outputfile.write(chunk)
+                time.sleep(0.01)
+
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), lambda *a: Quiet(*a, directory=str(folder)))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), lambda *a: Slow(*a, directory=str(folder)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     entry = weights.Checkpoint(
         name="local", filename="local.pth", url=f"http://127.0.0.1:{server.server_address[1]}/local.pth",
