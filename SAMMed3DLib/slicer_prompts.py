@@ -99,13 +99,16 @@ class PromptBook:
         return prediction, entry.edit(prediction)
 
     def undo(self, segment_id: str) -> Optional[Edit]:
-        """Undo the segment's last click: the edit that restores the box it changed (None: nothing to undo)."""
+        """Undo the segment's last click: the edit that restores the box it changed. None when there is nothing
+        the session can undo (no click, or older clicks beyond its bounded undo memory); the clicks then stay."""
         entry = self._segments.get(segment_id)
         if entry is None or not entry.clicks:
             return None
         prediction = entry.session.undo()
+        if prediction is None:
+            return None
         entry.clicks.pop()
-        return None if prediction is None else entry.edit(prediction)
+        return entry.edit(prediction)
 
     def reset(self, segment_id: str) -> Optional[Edit]:
         """Forget the segment's clicks: the edit that puts back what was there before its first click. The session

@@ -132,3 +132,16 @@ def test_a_click_outside_the_volume_is_refused_and_changes_nothing(volume):
     with pytest.raises(ValueError, match="outside the volume"):
         book.add_click("A", outside, Click(tuple(outside), True))
     assert book.clicks("A") == [Click(tuple(point), True)]
+
+
+def test_undo_beyond_the_session_memory_keeps_the_clicks(volume, monkeypatch):
+    import SAMMed3DLib.session as session_module
+
+    monkeypatch.setattr(session_module, "UNDO_BYTES", 1)  # the session keeps only the newest step
+    book = _book(volume, [])
+    point = _ras(volume, (14, 20, 12))
+    book.add_click("A", point, Click(tuple(point), True))
+    book.add_click("A", point, Click(tuple(point), False))
+    assert book.undo("A") is not None and len(book.clicks("A")) == 1
+    assert book.undo("A") is None and len(book.clicks("A")) == 1  # nothing undone, nothing forgotten
+    assert book.reset("A").after.sum() == 0 and book.clicks("A") == []

@@ -207,6 +207,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             edit = self._book.undo(segmentId)
             if edit is not None:
                 self._write(edit, *self._bookKey[1:])
+            elif self._book.clicks(segmentId):
+                self.statusLabel.text = "Older clicks cannot be undone (undo memory is full); use Reset."
         self.updateGUIFromMRML()
 
     def resetClicks(self):
