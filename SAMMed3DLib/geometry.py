@@ -292,39 +292,63 @@ def paste_logits(volume: Volume, frame: PatchFrame, logits: np.ndarray) -> Tuple
     """Interpolate coarse logits ((n,n,n) over `frame`'s cube, patch axis order) linearly in physical space onto the
     volume voxels inside the cube. Returns the K,J,I region and the float32 logits there."""
     region = frame_region(volume, frame)
-    shape = tuple(s.stop - s.start for s in region)
-    values = np.zeros(shape, np.float32)
-    for k, row in _pasted_slabs(volume, frame, logits, region):
+    coarse, weights = _paste_plan(volume, frame, logits, region)
+    values = np.zeros(tuple(len(low) for low, _ in weights), np.float32)
+    for k, row in _interpolated_slices(coarse, weights):
         values[k] = row
     return region, values
 
 
 def paste_mask(volume: Volume, frame: PatchFrame, logits: np.ndarray, mask: np.ndarray) -> Region:
-    """`paste_logits` thresholded at 0 straight into `mask` (a bool or uint8 array on the volume's grid), slice by
-    slice so that no full-size float copy is made. Returns the K,J,I region written; the rest of `mask` is untouched."""
+    """`paste_logits` thresholded at 0 straight into `mask` (a bool or uint8 array on the volume's grid). Returns the
+    K,J,I region written; the rest of `mask` is untouched.
+
+    Only the box of volume voxels that have a positive logit among their 8 interpolation corners is interpolated (a
+    convex combination of values <= 0 is <= 0), slice by slice: a small object costs little even on a fine grid.
+    """
     region = frame_region(volume, frame)
     target = mask[region]
     target = target.view(bool) if target.dtype == np.uint8 else target
-    for k, row in _pasted_slabs(volume, frame, logits, region):
+    target[...] = False
+    coarse, weights = _paste_plan(volume, frame, logits, region)
+    positive = coarse > 0
+    if not positive.any():
+        return region
+    box = []
+    for axis, (low, weight) in enumerate(weights):
+        cells = np.flatnonzero(positive.any(axis=tuple(a for a in range(3) if a != axis)))
+        used = np.flatnonzero((low + (weight > 0) >= cells[0]) & (low <= cells[-1]))
+        box.append(slice(used[0], used[-1] + 1) if len(used) else slice(0, 0))
+    weights = [(low[part], weight[part]) for (low, weight), part in zip(weights, box)]
+    target = target[tuple(box)]
+    for k, row in _interpolated_slices(coarse, weights):
         np.greater(row, 0, out=target[k])
     return region
 
 
-def _pasted_slabs(volume: Volume, frame: PatchFrame, logits: np.ndarray, region: Region):
-    """Yield (K index within `region`, float32 logits of that slice): the interpolation of `paste_logits`.
-
-    Separable: the coarse logits are interpolated along I and J first (small), then each output slice is one
-    interpolation between two coarse slices, so each output voxel costs a multiply-add and is written once.
-    """
+def _paste_plan(volume: Volume, frame: PatchFrame, logits: np.ndarray, region: Region):
+    """The coarse logits in the volume's array axis order (K,J,I) and, per array axis, the `linear_weights` of the
+    region's voxels on the coarse grid."""
     logits = np.asarray(logits, dtype=np.float32)
     mapping = axis_map(volume, frame.logits_frame(logits.shape[0]))
-    values = np.ascontiguousarray(logits.transpose(np.argsort(mapping.array_axis)))  # (coarse K, coarse J, coarse I)
-    weights = [None, None, None]  # per array axis: (low index, weight) of each volume voxel in the region
+    coarse = np.ascontiguousarray(logits.transpose(np.argsort(mapping.array_axis)))
+    weights = [None, None, None]
     for r in range(3):
         axis = mapping.array_axis[r]
         indices = np.arange(region[axis].start, region[axis].stop, dtype=np.float64)
         weights[axis] = linear_weights((indices - mapping.offset[r]) / mapping.scale[r], logits.shape[r])
-    values = _lerp(_lerp(values, 2, *weights[2]), 1, *weights[1])  # (coarse K, nJ, nI)
+    return coarse, weights
+
+
+def _interpolated_slices(coarse: np.ndarray, weights):
+    """Yield (k, float32 slice k of the interpolated values), reusing one buffer for the slices.
+
+    Separable: the coarse values are interpolated along I and J first (small), then each output slice is one
+    interpolation between two coarse slices, so each output voxel costs a multiply-add and is written once.
+    """
+    if any(len(low) == 0 for low, _ in weights):
+        return
+    values = _lerp(_lerp(coarse, 2, *weights[2]), 1, *weights[1])  # (coarse K, nJ, nI)
     difference = values[1:] - values[:-1] if len(values) > 1 else np.zeros_like(values)
     row = np.empty(values.shape[1:], np.float32)
     for k, (low, weight) in enumerate(zip(*weights[0])):

@@ -192,3 +192,26 @@ def test_paste_on_a_fine_anisotropic_grid_is_linear_in_physical_space():
     inner = np.all((coarse.to_patch(ras) >= 0) & (coarse.to_patch(ras) <= 31), axis=1)
     assert inner.mean() > 0.8
     np.testing.assert_allclose(values.ravel()[inner], (ras @ gradient)[inner], atol=1e-3)
+
+
+@pytest.mark.parametrize("blob_at", ["centre", "corner", None])
+def test_paste_mask_thresholds_paste_logits_and_overwrites_only_its_region(blob_at):
+    """Mostly negative logits with a small positive blob (in the middle, at the volume's corner, or none): the mask,
+    which skips voxels whose interpolation corners are all negative, still equals paste_logits > 0 everywhere."""
+    volume = Volume(np.zeros((40, 300, 280), np.int16), affine(OBLIQUE, [0.5, 0.7, 3.0], [-60.0, 10.0, -40.0]))
+    frame = patch_frame(volume, volume.ijk_to_ras_points([[140, 150, 20]])[0])
+    logits = np.full((32, 32, 32), -3.0, np.float32)
+    if blob_at is not None:
+        voxel = [[140, 150, 20]] if blob_at == "centre" else [[0, 0, 0]]
+        coarse = frame.logits_frame().to_patch(volume.ijk_to_ras_points(voxel))[0]
+        blob = np.clip(np.round(coarse), 0, 31).astype(int)
+        index = tuple(slice(max(c - 1, 0), c + 2) for c in blob)
+        logits[index] = np.random.default_rng(7).uniform(-1, 4, size=logits[index].shape)
+    region, values = paste_logits(volume, frame, logits)
+    mask = np.ones(volume.array.shape, np.uint8)
+    assert paste_mask(volume, frame, logits, mask) == region
+    np.testing.assert_array_equal(mask[region], values > 0)
+    outside = np.ones(volume.array.shape, bool)
+    outside[region] = False
+    assert mask[outside].all() and outside.any()
+    assert (values > 0).any() == (blob_at is not None)
