@@ -19,6 +19,7 @@ import onnx
 import onnxruntime
 import pytest
 import SimpleITK as sitk
+import torch
 from random_weights import random_model, save_random_checkpoint
 
 from SAMMed3DLib import InteractiveSession, OnnxPredictor, TorchPredictor, Volume, __version__, onnx_export
@@ -87,6 +88,20 @@ def test_encoder_keeps_the_closed_form_window_attention(exported, tmp_path: Path
     weights = session.run(softmax_outputs, {"image": image})
     assert [w.shape for w in weights] == [(1, 12, 512, 512 if block in (2, 5, 8, 11) else 513) for block in range(12)]
     assert all(np.allclose(w.sum(-1), 1, atol=1e-5) for w in weights)
+
+
+@torch.inference_mode()
+def test_traced_bias_equals_the_models_in_place_bias() -> None:
+    """The export's out-of-place bias is the network's, in window (padded) and global blocks."""
+    model = random_model("tiny", 4)
+    generator = torch.Generator().manual_seed(5)
+    for block in model.image_encoder.blocks:
+        attention = block.attn
+        q = torch.randn(1, attention.num_heads, 8, 8, 8, attention.head_dim, generator=generator)
+        expected = attention._relative_position_bias(q)
+        found = onnx_export._traceable_relative_position_bias(attention, q)
+        assert found.shape == expected.shape == (1, attention.num_heads, 512, 512 + (attention.grid_size > 8))
+        torch.testing.assert_close(found, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_onnx_runtime_matches_the_torch_predictor(exported) -> None:
