@@ -322,7 +322,7 @@ def evaluate(
 
     rows = [row for case in cases for row in read_rows(case_dir / f"{case.name}.csv")]
     _write_rows(output / "metrics.csv", rows)
-    summary = summarise(rows, settings.clicks)
+    summary = {"settings": asdict(settings), **summarise(rows, settings.clicks)}
     _write_atomic(output / "summary.json", lambda stream: json.dump(summary, stream, indent=2))
     plot(summary, settings.clicks, output / "dice_vs_clicks.png")
     return summary

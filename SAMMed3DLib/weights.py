@@ -301,8 +301,7 @@ def resolve(path_or_name: str, progress: bool = True) -> Path:
         return path
     if path.exists():
         raise SAMMed3DError(f"--checkpoint {path_or_name}: is a folder, not a checkpoint file")
-    looks_like_path = os.sep in path_or_name or "/" in path_or_name or path.suffix in (".pth", ".pt", ".ckpt")
-    if not looks_like_path:
+    if "/" not in path_or_name and os.sep not in path_or_name:  # a name (or a cached file name)
         hit = cached(path_or_name)
         if hit is not None:
             return hit
