@@ -50,14 +50,23 @@ def test_every_command_has_help_with_examples(capsys):
 
 
 def test_predict_on_real_mr_with_a_checkpoint_keeps_the_geometry(pyradiomics_data, tiny_checkpoint, tmp_path, capsys):
+    """The torch backend, then the ONNX backend on an export of the same checkpoint: same mask."""
+    from SAMMed3DLib.onnx_export import export_checkpoint
+
     image = pyradiomics_data / "brain1_image.nrrd"  # LPS-flipped direction
+    click = ["--ijk", "--point", "128", "120", "12", "--device", "cpu"]
     output = tmp_path / "mask.nii.gz"
-    code = main(["predict", str(image), "--checkpoint", str(tiny_checkpoint), "--ijk", "--point", "128", "120", "12",
-                 "--output", str(output), "--device", "cpu"])
-    assert code == 0
+    assert main(["predict", str(image), "--checkpoint", str(tiny_checkpoint), *click, "--output", str(output)]) == 0
     assert capsys.readouterr().out.startswith(f"wrote {output}: ")
-    assert_same_grid(output, image)
+    mask = assert_same_grid(output, image)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.nii.gz"]
+
+    export_checkpoint(tiny_checkpoint, tmp_path / "onnx")
+    by_onnx = tmp_path / "onnx.nrrd"
+    assert main(["predict", str(image), "--checkpoint", str(tmp_path / "onnx"), "--backend", "onnx", *click,
+                 "--output", str(by_onnx)]) == 0
+    onnx_mask = assert_same_grid(by_onnx, image)
+    assert mask.sum() > 0 and np.count_nonzero(onnx_mask != mask) <= 1e-4 * mask.sum()
 
 
 @pytest.mark.parametrize("suffix", [".seg.nrrd", ".nrrd"])

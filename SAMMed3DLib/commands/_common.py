@@ -29,7 +29,7 @@ def build_predictor(args: argparse.Namespace) -> Any:
     if args.backend == "onnx":
         from SAMMed3DLib.onnx_backend import OnnxPredictor
 
-        return OnnxPredictor(args.checkpoint)
+        return OnnxPredictor(args.checkpoint, providers=args.device)
     from SAMMed3DLib import weights
     from SAMMed3DLib.model import load_sam_med3d
     from SAMMed3DLib.predictors import TorchPredictor, select_device
