@@ -66,9 +66,10 @@ def _requested_providers(providers: Union[str, Sequence[str]], available: Sequen
 class OnnxPredictor:
     """The exported encoder and decoder behind the predictor protocol; the embedding is a numpy array.
 
-    `providers`: "auto" uses CUDA when onnxruntime-gpu is installed and a GPU answers, else the CPU; "cuda" fails
-    unless CUDA really runs. `self.providers` lists what ONNX Runtime actually uses, `self.metadata` the export's
-    metadata (package version, source checkpoint's sha256).
+    `providers`: "auto" uses CUDA when onnxruntime-gpu is installed and a GPU answers (ONNX Runtime falls back to
+    the CPU when CUDA fails to start), else the CPU; "cuda" (or a list naming CUDA) fails unless CUDA really runs.
+    `self.providers` lists what ONNX Runtime actually uses, `self.metadata` the export's metadata (package version,
+    source checkpoint's sha256).
     """
 
     def __init__(self, directory: Union[str, Path], providers: Union[str, Sequence[str]] = "auto"):
@@ -90,7 +91,7 @@ class OnnxPredictor:
         self._encoder = self._open(ort, directory / ENCODER_FILE, options, requested, ENCODER_INPUTS)
         self._decoder = self._open(ort, directory / DECODER_FILE, options, requested, DECODER_INPUTS)
         self.providers: List[str] = self._encoder.get_providers()
-        if providers == "cuda" and _CUDA not in self.providers:
+        if _CUDA in requested and _CUDA not in self.providers and providers != "auto":
             raise SAMMed3DError("ONNX Runtime could not start CUDA (no usable NVIDIA GPU, or CUDA/cuDNN libraries "
                                 "missing); use providers 'cpu' or 'auto'")
         self.metadata: Dict[str, str] = dict(self._encoder.get_modelmeta().custom_metadata_map)

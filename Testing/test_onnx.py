@@ -26,7 +26,13 @@ from SAMMed3DLib import InteractiveSession, OnnxPredictor, TorchPredictor, Volum
 from SAMMed3DLib.cli import main
 from SAMMed3DLib.errors import SAMMed3DError
 from SAMMed3DLib.model import load_sam_med3d
-from SAMMed3DLib.onnx_backend import CHECKPOINT_SHA256_KEY, DECODER_FILE, ENCODER_FILE, VERSION_KEY
+from SAMMed3DLib.onnx_backend import (
+    CHECKPOINT_SHA256_KEY,
+    DECODER_FILE,
+    ENCODER_FILE,
+    VERSION_KEY,
+    _requested_providers,
+)
 from SAMMed3DLib.weights import sha256_of
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -212,3 +218,16 @@ def test_bad_folders_and_providers_give_clear_errors(tmp_path: Path, capsys: pyt
     checkpoint = save_random_checkpoint(tmp_path / "tiny.pth", "tiny", seed=2)
     assert main(["export-onnx", "--checkpoint", str(checkpoint), "--output", str(tmp_path / ENCODER_FILE)]) == 2
     assert "is a file; give a folder" in capsys.readouterr().err
+
+
+def test_auto_providers_prefer_cuda_when_onnxruntime_gpu_is_installed() -> None:
+    gpu_build = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    cpu_build = ["AzureExecutionProvider", "CPUExecutionProvider"]
+    assert _requested_providers("auto", gpu_build) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert _requested_providers("auto", cpu_build) == ["CPUExecutionProvider"]
+    assert _requested_providers("CPU", gpu_build) == ["CPUExecutionProvider"]
+    assert _requested_providers(["CPUExecutionProvider"], cpu_build) == ["CPUExecutionProvider"]
+    with pytest.raises(SAMMed3DError, match="onnxruntime-gpu"):
+        _requested_providers("cuda", cpu_build)
+    with pytest.raises(SAMMed3DError, match="TensorrtExecutionProvider are not available"):
+        _requested_providers(["TensorrtExecutionProvider"], cpu_build)
