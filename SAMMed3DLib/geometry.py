@@ -294,8 +294,8 @@ def paste_logits(volume: Volume, frame: PatchFrame, logits: np.ndarray) -> Tuple
     region = frame_region(volume, frame)
     coarse, weights = _paste_plan(volume, frame, logits, region)
     values = np.zeros(tuple(len(low) for low, _ in weights), np.float32)
-    for k, row in _interpolated_slices(coarse, weights):
-        values[k] = row
+    for k, base, step in _interpolated_slices(coarse, weights):
+        np.subtract(base, step, out=values[k])
     return region, values
 
 
@@ -321,8 +321,8 @@ def paste_mask(volume: Volume, frame: PatchFrame, logits: np.ndarray, mask: np.n
         box.append(slice(used[0], used[-1] + 1) if len(used) else slice(0, 0))
     weights = [(low[part], weight[part]) for (low, weight), part in zip(weights, box)]
     target = target[tuple(box)]
-    for k, row in _interpolated_slices(coarse, weights):
-        np.greater(row, 0, out=target[k])
+    for k, base, step in _interpolated_slices(coarse, weights):
+        np.greater(base, step, out=target[k])
     return region
 
 
@@ -341,17 +341,17 @@ def _paste_plan(volume: Volume, frame: PatchFrame, logits: np.ndarray, region: R
 
 
 def _interpolated_slices(coarse: np.ndarray, weights):
-    """Yield (k, float32 slice k of the interpolated values), reusing one buffer for the slices.
+    """Yield (k, base, step) per output slice k, the interpolated values being `base - step` (float32; `step` is a
+    reused buffer): so a threshold at 0 is one comparison, `base > step`.
 
     Separable: the coarse values are interpolated along I and J first (small), then each output slice is one
-    interpolation between two coarse slices, so each output voxel costs a multiply-add and is written once.
+    interpolation between two coarse slices, so each output voxel costs a multiply and a comparison.
     """
     if any(len(low) == 0 for low, _ in weights):
         return
     values = _lerp(_lerp(coarse, 2, *weights[2]), 1, *weights[1])  # (coarse K, nJ, nI)
-    difference = values[1:] - values[:-1] if len(values) > 1 else np.zeros_like(values)
-    row = np.empty(values.shape[1:], np.float32)
+    difference = values[:-1] - values[1:] if len(values) > 1 else np.zeros_like(values)
+    step = np.empty(values.shape[1:], np.float32)
     for k, (low, weight) in enumerate(zip(*weights[0])):
-        np.multiply(difference[low], weight, out=row)
-        row += values[low]
-        yield k, row
+        np.multiply(difference[low], weight, out=step)
+        yield k, values[low], step
