@@ -85,14 +85,14 @@ class InteractiveSession:
     1. A click is handled by the ROI that contains it with the widest margin, if that margin is at least
        `CLICK_MARGIN` patch voxels: one decoder round with that ROI's previous logits as mask prompt.
     2. Otherwise (the first click, or a click outside or at the rim of every ROI) a new ROI is centred on the click.
-       Its first mask prompt is the current mask resampled into it (all-zero logits where it is empty), then the
+       Its first mask prompt is the current mask resampled into it (all-zero logits if it is empty there), then the
        earlier clicks that lie inside it are replayed in order, then the new click, one decoder round each.
     3. After the rounds, for each face of a changed ROI that the predicted object touches (positive logits in the
        outer layer of the 32^3 grid), a neighbour ROI shifted by half a patch (96 mm) across that face is added,
        unless it would cover no new volume voxels, an ROI already sits within a quarter patch of it, or the session
        holds `max_rois` ROIs. Its prompt is the current mask, its seed a positive click at the mask's interior-most
        point inside it, followed by the earlier clicks inside it; it is checked the same way (objects > 192 mm).
-    Pasting: each round's logits are interpolated linearly onto the volume voxels inside its ROI and thresholded at
+    Pasting: an ROI's newest logits are interpolated linearly onto the volume voxels inside it and thresholded at
     0, overwriting the mask there (the newest round wins where ROIs overlap). Outside all ROIs the mask keeps its
     initial value (0, or `initial_mask`).
 
