@@ -321,6 +321,9 @@ def evaluate(
             bar.update(1)
 
     rows = [row for case in cases for row in read_rows(case_dir / f"{case.name}.csv")]
+    if not rows:
+        wanted = "" if settings.labels_only is None else f" among --labels-only {settings.labels_only}"
+        raise SAMMed3DError(f"no case has a foreground label value{wanted}; nothing to score")
     _write_rows(output / "metrics.csv", rows)
     summary = {"settings": asdict(settings), **summarise(rows, settings.clicks)}
     _write_atomic(output / "summary.json", lambda stream: json.dump(summary, stream, indent=2))

@@ -148,6 +148,9 @@ def test_threshold_oracle_gets_high_dice_that_does_not_fall_with_more_clicks(tmp
                      Settings(clicks=1, seed=3, labels_only=[2]), progress=False)
     assert list(paper["per_label"]) == ["2"]
     assert all(r["dice"] >= 0.8 for r in evaluation.read_rows(tmp_path / "paper" / "metrics.csv"))
+    with pytest.raises(SAMMed3DError, match=r"no case has a foreground label value among --labels-only \[7\]"):
+        evaluate(ThresholdPredictor(), tmp_path / "images", tmp_path / "labels", tmp_path / "none",
+                 Settings(clicks=1, labels_only=[7]), progress=False)
 
 
 def test_pairing_by_name_nnunet_names_and_dataset_json(tmp_path):
