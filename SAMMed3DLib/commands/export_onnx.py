@@ -8,7 +8,7 @@ they replace anything in DIR, and carry the checkpoint's SHA256 and the package 
 examples:
   sammed3d export-onnx --checkpoint turbo --output sam_med3d_turbo_onnx
   sammed3d export-onnx --checkpoint finetuned.pth --output finetuned_onnx
-  sammed3d predict --backend onnx --checkpoint sam_med3d_turbo_onnx ...
+  sammed3d predict ct.nrrd --backend onnx --checkpoint sam_med3d_turbo_onnx --point X Y Z --output mask.nrrd
 """
 
 from __future__ import annotations
