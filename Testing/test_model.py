@@ -49,6 +49,12 @@ def assert_equivalent(reference: torch.nn.Module, ours: torch.nn.Module, seed: i
                     assert logits.shape == logits_ref.shape == (1, 3 if multimask else 1, 32, 32, 32)
                     assert relative_error(logits, logits_ref) < TOLERANCE
                     assert relative_error(iou, iou_ref) < TOLERANCE
+        mask = torch.randn(1, 1, 32, 32, 32, generator=generator)  # training's mask-only steps: no points at all
+        sparse, dense = reference.prompt_encoder(points=None, boxes=None, masks=mask)
+        logits_ref, iou_ref = reference.mask_decoder(expected, image_pe, sparse, dense, False)
+        logits, iou = ours.decode(expected, None, None, mask)
+        assert relative_error(logits, logits_ref) < TOLERANCE
+        assert relative_error(iou, iou_ref) < TOLERANCE
 
 
 def test_state_dict_has_the_published_names_and_shapes() -> None:
@@ -260,3 +266,16 @@ def test_names_what_does_not_fit(tmp_path: Path, tiny_state: dict) -> None:
     (tmp_path / "broken.safetensors").write_bytes(b"\x00" * 16)
     with pytest.raises(SAMMed3DError, match="not a readable .safetensors"):
         load_sam_med3d(tmp_path / "broken.safetensors")
+
+
+def test_every_parameter_learns() -> None:
+    """Fine-tuning needs gradients through the whole network, the closed-form window attention included."""
+    model = random_model("tiny", seed=12).train()
+    generator = torch.Generator().manual_seed(13)
+    embedding = model.encode(torch.randn(1, 1, 128, 128, 128, generator=generator))
+    points, labels = torch.rand(1, 2, 3, generator=generator) * 127, torch.tensor([[1, 0]])
+    with_mask, _ = model.decode(embedding, points, labels, torch.randn(1, 1, 32, 32, 32, generator=generator))
+    without_mask, iou = model.decode(embedding, points, labels, None, multimask=True)
+    (with_mask.square().mean() + without_mask.square().mean() + iou.square().mean()).backward()
+    silent = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert silent == []

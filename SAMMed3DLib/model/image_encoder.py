@@ -93,12 +93,12 @@ class RelPosAttention(nn.Module):
         padded = grid < size
         bias = q.new_empty(batch, heads, tokens, tokens + padded)
         # Real keys: the two (a, b)-only terms are summed first on the small (a, b, x, y, z) grid, then one broadcast
-        # pass over (a, b, c, x, y, z) adds the (a, b, c, z) term and writes the result in place.
+        # pass over (a, b, c, x, y, z) adds the (a, b, c, z) term (copied in, not `out=`: training needs autograd).
         rows_h = term_h[:, :, :, :, :grid, :grid]
         rows_w = term_w[:, :, :, :, :grid, :grid]
         per_row = rows_h[:, :, :, :, :, None, :] + rows_w[:, :, :, :, None, :, :]  # (B, h, a, b, x, y, z)
         real = bias[..., :tokens].unflatten(-1, (grid, grid, grid)).unflatten(2, (grid, grid, grid))
-        torch.add(term_d[:, :, :, :, :, None, None, :grid], per_row[:, :, :, :, None], out=real)
+        real.copy_(term_d[:, :, :, :, :, None, None, :grid] + per_row[:, :, :, :, None])
         if not padded:
             return bias
 

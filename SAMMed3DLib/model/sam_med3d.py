@@ -91,8 +91,8 @@ class SamMed3D(nn.Module):
     def decode(
         self,
         embedding: torch.Tensor,
-        points: torch.Tensor,
-        labels: torch.Tensor,
+        points: Optional[torch.Tensor],
+        labels: Optional[torch.Tensor],
         mask_logits: Optional[torch.Tensor] = None,
         multimask: bool = False,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -100,10 +100,15 @@ class SamMed3D(nn.Module):
 
         `points` (B, N, 3) are voxel coordinates of the 128^3 patch in the patch tensor's axis order, `labels` (B, N)
         1 include, 0 exclude, -1 ignore. Give the previous round's logits as `mask_logits`, and an all-zero mask on
-        the first round: that is how the model was trained ("no mask" was not).
+        the first round: that is how the model was trained ("no mask" was not). `points=None` (and `labels=None`)
+        decodes from the mask prompt alone, with no point tokens at all, as training's mask-only steps do.
         """
-        sparse = self.prompt_encoder.embed_points(points, labels)
-        dense = self.prompt_encoder.embed_mask(mask_logits, points.shape[0])
+        batch = embedding.shape[0]
+        if points is None:
+            sparse = embedding.new_zeros(batch, 0, self.prompt_encoder.embed_dim)
+        else:
+            sparse = self.prompt_encoder.embed_points(points, labels)
+        dense = self.prompt_encoder.embed_mask(mask_logits, batch)
         image_pe = self.prompt_encoder.dense_positional_encoding().to(embedding.dtype)
         return self.mask_decoder(embedding, image_pe, sparse.to(embedding.dtype), dense, multimask)
 

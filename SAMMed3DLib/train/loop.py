@@ -81,17 +81,6 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return dice.mean() + F.binary_cross_entropy_with_logits(logits, target)
 
 
-def decode_mask_only(model: nn.Module, embedding: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
-    """Logits from the mask prompt alone: no sparse prompt at all (not even the padding point), as the reference's
-    prompt encoder gives for `points=None` in its mask-only steps."""
-    prompt = model.prompt_encoder
-    sparse = embedding.new_zeros((embedding.shape[0], 0, prompt.embed_dim))
-    dense = prompt.embed_mask(mask_logits, embedding.shape[0])
-    image_pe = prompt.dense_positional_encoding().to(embedding.dtype)
-    logits, _ = model.mask_decoder(embedding, image_pe, sparse, dense, False)
-    return logits
-
-
 class ClickTraining(nn.Module):
     """The interactive loss of one micro-batch as a single forward pass, so DistributedDataParallel sees one forward
     (and synchronises one backward) per micro-batch."""
@@ -115,7 +104,7 @@ class ClickTraining(nn.Module):
             prediction = None if logits is None else logits > 0
             points, labels = clicks.next_clicks(label, prediction, rng)
             if step in (mask_only_step, self.steps - 1):
-                low_res = decode_mask_only(self.model, embedding, low_res)
+                low_res, _ = self.model.decode(embedding, None, None, low_res)
             else:
                 points_t = torch.from_numpy(points).to(image.device, torch.float32)[:, None]
                 labels_t = torch.from_numpy(labels).to(image.device)[:, None]
