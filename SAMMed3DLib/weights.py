@@ -179,6 +179,14 @@ def download(
             known = ", ".join(e.name for e in REGISTRY)
             raise SAMMed3DError(f"{name_or_url!r} is neither a known checkpoint ({known}) nor an http(s) URL of a file")
         url, filename = name_or_url, Path(parsed.path.rstrip("/")).name
+        entry = find(filename)  # a mirror of a published checkpoint: its published hash applies
+        if entry is not None and entry.sha256:
+            if expected and expected != entry.sha256:
+                raise SAMMed3DError(
+                    f"{filename} is the name of the published {entry.name!r} checkpoint, whose SHA256 is "
+                    f"{entry.sha256}, not {expected}"
+                )
+            expected = entry.sha256
 
     target = cache_dir() / filename
     if target.is_file():

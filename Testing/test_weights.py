@@ -144,7 +144,7 @@ def test_offline_machine_gets_one_line_pointing_at_import(home, capsys):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     url = f"http://127.0.0.1:{port}/sam_med3d_turbo.pth"
-    assert main(["weights", "download", url, "--sha256", PAYLOAD_SHA]) == 2
+    assert main(["weights", "download", url]) == 2  # a mirror URL of turbo: its published hash applies
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "sammed3d weights import" in err[0] and "Traceback" not in err[0]
     assert cache_files(home) == []
@@ -200,3 +200,12 @@ def test_list_shows_the_registry_with_turbo_first(home, capsys):
     assert lines[1].split()[:2] == ["turbo", "sam_med3d_turbo.pth"]
     assert "899a46d04d3b70f723282ceb489149373558bf0aaba389a346f5ab57da5cdd3c" in lines[1]
     assert "not published" in "\n".join(lines[3:])
+
+
+def test_a_mirror_of_a_published_checkpoint_is_checked_against_the_published_hash(server, home, monkeypatch):
+    entry = weights.Checkpoint("turbo", "model.pth", "https://example.invalid/model.pth", "", None, PAYLOAD_SHA, "")
+    monkeypatch.setattr(weights, "REGISTRY", (entry,))
+    with pytest.raises(SAMMed3DError, match="published 'turbo' checkpoint"):
+        weights.download(server.url, sha256="1" * 64, progress=False)
+    assert weights.download(server.url, progress=False).read_bytes() == PAYLOAD  # no --sha256 needed
+    assert weights.resolve("turbo") == home / "weights" / "model.pth"
