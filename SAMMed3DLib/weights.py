@@ -276,7 +276,8 @@ def verify(path: Path, sha256: Optional[str] = None) -> tuple[str, Optional[Chec
 
 def import_file(path: Path, name: Optional[str] = None, sha256: Optional[str] = None) -> Path:
     """Copy a checkpoint the user got elsewhere into the cache, after checking its hash against `sha256` and the
-    registry. A registry name whose hash is published must match it; other names are stored as `<name>.pth`."""
+    registry. A registry name whose hash is published must match it; any other file must load as a SAM-Med3D network
+    (keys and shapes) and is stored as `<name>.pth`."""
     path = Path(path)
     actual, match = verify(path, sha256)
     entry = find(name) if name else match
@@ -288,6 +289,10 @@ def import_file(path: Path, name: Optional[str] = None, sha256: Optional[str] = 
     if entry is None and name is None:
         name = path.stem
     filename = entry.filename if entry else _imported_filename(name)
+    if entry is None or entry.sha256 is None:  # no published hash to vouch for it: it must load as SAM-Med3D
+        from SAMMed3DLib.model import load_sam_med3d
+
+        load_sam_med3d(path)
     target = cache_dir() / filename
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{filename}.", suffix=".tmp", delete=False) as tmp:

@@ -4,12 +4,14 @@ file, no second download, offline message, import and `--checkpoint NAME` resolu
 from __future__ import annotations
 
 import hashlib
+import re
 import http.server
 import socket
 import threading
 from pathlib import Path
 
 import pytest
+from random_weights import save_random_checkpoint
 
 from SAMMed3DLib import weights
 from SAMMed3DLib.cli import main
@@ -163,9 +165,14 @@ def test_import_verify_and_resolve(tmp_path, home, monkeypatch, capsys):
     assert main(["weights", "verify", str(source), "--sha256", "0" * 64]) == 2
     assert "SHA256 mismatch" in capsys.readouterr().err
 
-    assert main(["weights", "import", str(source), "--name", "liver"]) == 0
+    # A file without a published hash must load as SAM-Med3D before it enters the cache.
+    assert main(["weights", "import", str(source), "--name", "liver"]) == 2
+    assert re.search(r"finetuned.pth .*not a (PyTorch )?checkpoint", capsys.readouterr().err)
+    assert cache_files(home) == []
+    checkpoint = save_random_checkpoint(tmp_path / "finetuned_liver.pth", variant="tiny")
+    assert main(["weights", "import", str(checkpoint), "--name", "liver"]) == 0
     assert weights.resolve("liver") == home / "weights" / "liver.pth"
-    assert (home / "weights" / "liver.pth").read_bytes() == PAYLOAD
+    assert (home / "weights" / "liver.pth").read_bytes() == checkpoint.read_bytes()
 
     # A file that claims to be turbo but is not: refused, cache unchanged.
     assert main(["weights", "import", str(source), "--name", "turbo"]) == 2
