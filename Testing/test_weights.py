@@ -4,8 +4,8 @@ file, no second download, offline message, import and `--checkpoint NAME` resolu
 from __future__ import annotations
 
 import hashlib
-import re
 import http.server
+import re
 import socket
 import threading
 from pathlib import Path
