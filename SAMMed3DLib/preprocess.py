@@ -47,12 +47,13 @@ def resample_into(volume: Volume, frame: PatchFrame, interpolation: str = "linea
         high = np.minimum(low + 1, n - 1)
         steps.append((axis, low, high, (clamped - low).astype(np.float32), inside))
     # Read only the block of voxels the frame touches, then interpolate one axis at a time, the axis that shrinks
-    # the data most first.
+    # the data most first (J before I on ties: gathering along the last axis is the slowest).
     block = [slice(None)] * 3
     for axis, low, high, _, inside in steps:
         block[axis] = slice(int(low[inside].min()), int(high[inside].max()) + 1)
     values = volume.array[tuple(block)]
-    for axis, low, high, weight, inside in sorted(steps, key=lambda step: len(step[1]) / values.shape[step[0]]):
+    order = sorted(steps, key=lambda step: (len(step[1]) / values.shape[step[0]], step[0]))
+    for axis, low, high, weight, inside in order:
         start, last = block[axis].start, block[axis].stop - 1 - block[axis].start
         below = np.take(values, np.clip(low - start, 0, last), axis=axis)
         if weight is not None:  # below + weight * (above - below), in place

@@ -282,10 +282,12 @@ class InteractiveSession:
     def _mask_prompt(self, frame: PatchFrame, timings) -> np.ndarray:
         """The current mask on the ROI's 32^3 logits grid as logits; all zero where the mask is empty there."""
         started = time.perf_counter()
-        fraction = resample_into(Volume(self._mask, self.volume.ijk_to_ras), frame.logits_frame(), "linear")
-        prompt = np.zeros((1, 1) + fraction.shape, np.float32)
-        if fraction.any():
-            prompt[0, 0] = (fraction - 0.5) * PROMPT_LOGIT_SCALE
+        coarse = frame.logits_frame()
+        prompt = np.zeros((1, 1) + (coarse.size,) * 3, np.float32)
+        if self._mask[frame_region(self.volume, frame)].any():
+            fraction = resample_into(Volume(self._mask, self.volume.ijk_to_ras), coarse, "linear")
+            if fraction.any():
+                prompt[0, 0] = (fraction - 0.5) * PROMPT_LOGIT_SCALE
         timings["preprocess"] += time.perf_counter() - started
         return prompt
 
