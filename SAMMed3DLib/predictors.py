@@ -118,8 +118,9 @@ class ThresholdPredictor:
                 continue
             voxel = tuple(np.clip(np.round(point).astype(int), 0, image.shape[0] - 1))
             value = image[voxel]
-            threshold = float(np.median(image)) if self.threshold is None else self.threshold
-            threshold = (value + threshold) / 2 if self.threshold is None else threshold
+            threshold = self.threshold
+            if threshold is None:
+                threshold = (value + float(np.median(image))) / 2
             side = image >= threshold if value >= threshold else image < threshold
             components, _ = ndimage.label(side)
             region = components == components[voxel]
