@@ -85,9 +85,6 @@ class OnnxPredictor:
         requested = _requested_providers(providers, ort.get_available_providers())
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Idle worker threads sleep instead of spinning: a spinning pool slows the session's paste-back right after
-        # each decode and everything else on the machine (Slicer's UI), and measured slower on shared cores.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._encoder = self._open(ort, directory / ENCODER_FILE, options, requested, ENCODER_INPUTS)
         self._decoder = self._open(ort, directory / DECODER_FILE, options, requested, DECODER_INPUTS)
         self.providers: List[str] = self._encoder.get_providers()

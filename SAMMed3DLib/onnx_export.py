@@ -134,8 +134,9 @@ def _export(module: nn.Module, inputs: Tuple[torch.Tensor, ...], path: Path, inp
 
 
 def _traceable_relative_position_bias(self: RelPosAttention, q: torch.Tensor) -> torch.Tensor:
-    """`RelPosAttention._relative_position_bias` (same formula, same result) built with concatenations instead of
-    writes into a preallocated tensor, which the tracer would drop."""
+    """`RelPosAttention._relative_position_bias` (same formula, same result) built out of place, in shapes that
+    ONNX Runtime computes fast: the three contractions as broadcast MatMuls (its Einsum is slower), and the real keys'
+    bias as one 4-D broadcast Add of the (a, b, c, z) term and the (a, b, x, y, z) sum of the other two."""
     batch, heads, grid = q.shape[0], q.shape[1], q.shape[2]
     size, tokens = self.grid_size, grid**3
     q_row = q
@@ -144,14 +145,18 @@ def _traceable_relative_position_bias(self: RelPosAttention, q: torch.Tensor) ->
         q_row = torch.cat([q, q_pad.expand(batch, heads, grid, grid, size - grid, self.head_dim)], dim=4)
     position = torch.arange(size, device=q.device)
     offset = position[:, None] - position[None, :] + size - 1
-    term_d = torch.einsum("nhijkc,izc->nhijkz", q, self.rel_pos_d[offset[:grid]])
-    term_h = torch.einsum("nhijxc,jzc->nhijxz", q_row, self.rel_pos_h[offset[:grid]])
-    term_w = torch.einsum("nhijyc,yzc->nhijyz", q_row, self.rel_pos_w[offset])
-    real = (
-        term_d[:, :, :, :, :, None, None, :grid]
-        + term_h[:, :, :, :, None, :grid, None, :grid]
-        + term_w[:, :, :, :, None, None, :grid, :grid]
-    ).reshape(batch, heads, tokens, tokens)
+    # P[i, z] transposed to (i, C, z); the constant tables fold into initializers.
+    table_d = self.rel_pos_d[offset[:grid]].transpose(1, 2)
+    table_h = self.rel_pos_h[offset[:grid]].transpose(1, 2)
+    table_w = self.rel_pos_w[offset].transpose(1, 2)
+    term_d = q @ table_d[:, None]  # (B,h,a,b,c,S): Q[a,b,c]·Pd[a-z], batched over a
+    term_h = q_row @ table_h  # (B,h,a,b,x,S): Q[a,b,x]·Ph[b-z], batched over b
+    term_w = (q_row.unsqueeze(-2) @ table_w).squeeze(-2)  # (B,h,a,b,y,S): Q[a,b,y]·Pw[y-z], batched over y
+
+    rows = batch * heads * grid * grid
+    per_row = term_h[..., :grid, None, :grid] + term_w[..., None, :grid, :grid]  # (B,h,a,b,x,y,z)
+    real = term_d[..., :grid].reshape(rows, grid, 1, grid) + per_row.reshape(rows, 1, grid * grid, grid)
+    real = real.reshape(batch, heads, tokens, tokens)
     if grid == size:
         return real
 
