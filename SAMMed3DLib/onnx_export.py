@@ -6,7 +6,7 @@ torch.export-based one fails on this encoder in torch 2.13 (view errors in its d
 `scaled_dot_product_attention` and of `add(out=...)`). Tracing keeps the encoder's closed-form window attention
 (512 real keys plus one padding key, one MatMul-Add-Softmax-MatMul per block), not the reference's 2744-token
 window. The tracer cannot follow writes through views, and `RelPosAttention` fills its bias in place for speed, so
-during export each attention module builds the same bias out of place (`_traceable_relative_position_bias`).
+during export each attention module computes the same attention out of place (`_traceable_attention_forward`).
 Every export is checked numerically against torch before it replaces anything in the output folder; both files
 carry the source checkpoint's sha256 and the package version as metadata.
 """
@@ -133,58 +133,73 @@ def _export(module: nn.Module, inputs: Tuple[torch.Tensor, ...], path: Path, inp
         )
 
 
-def _traceable_relative_position_bias(self: RelPosAttention, q: torch.Tensor) -> torch.Tensor:
-    """`RelPosAttention._relative_position_bias` (same formula, same result) built out of place, in shapes that
-    ONNX Runtime computes fast: the three contractions as broadcast MatMuls (its Einsum is slower), and the real keys'
-    bias as one 4-D broadcast Add of the (a, b, c, z) term and the (a, b, x, y, z) sum of the other two."""
-    batch, heads, grid = q.shape[0], q.shape[1], q.shape[2]
-    size, tokens = self.grid_size, grid**3
+def _traceable_attention_forward(self: RelPosAttention, x: torch.Tensor) -> torch.Tensor:
+    """`RelPosAttention.forward` (same formula, same result) built out of place, in shapes that ONNX Runtime runs
+    fast. The bias's Q[a,b,c]·Pd[a-z] term enters the Q·K MatMul as G extra features (keys carry a one-hot of their
+    z), and in padded windows the padding key's summed bias as one more (keys carry "is the padding key"); only the
+    (a, b, x, y, z) terms are added to the scores, broadcast over c. The three contractions are broadcast MatMuls."""
+    batch, grid = x.shape[0], x.shape[1]
+    heads, head_dim, size = self.num_heads, self.head_dim, self.grid_size
+    tokens, padded = grid**3, grid < size
+    q, k, v = self.qkv(x).reshape(batch, grid, grid, grid, 3, heads, head_dim).permute(4, 0, 5, 1, 2, 3, 6)
     q_row = q
-    if grid < size:
-        q_pad = self.qkv.bias[: heads * self.head_dim].view(1, heads, 1, 1, 1, self.head_dim)
-        q_row = torch.cat([q, q_pad.expand(batch, heads, grid, grid, size - grid, self.head_dim)], dim=4)
-    position = torch.arange(size, device=q.device)
+    if padded:
+        q_pad = self.qkv.bias[: heads * head_dim].view(1, heads, 1, 1, 1, head_dim)
+        q_row = torch.cat([q, q_pad.expand(batch, heads, grid, grid, size - grid, head_dim)], dim=4)
+    position = torch.arange(size, device=x.device)
     offset = position[:, None] - position[None, :] + size - 1
     # P[i, z] transposed to (i, C, z); the constant tables fold into initializers.
-    table_d = self.rel_pos_d[offset[:grid]].transpose(1, 2)
-    table_h = self.rel_pos_h[offset[:grid]].transpose(1, 2)
-    table_w = self.rel_pos_w[offset].transpose(1, 2)
-    term_d = q @ table_d[:, None]  # (B,h,a,b,c,S): Q[a,b,c]·Pd[a-z], batched over a
-    term_h = q_row @ table_h  # (B,h,a,b,x,S): Q[a,b,x]·Ph[b-z], batched over b
-    term_w = (q_row.unsqueeze(-2) @ table_w).squeeze(-2)  # (B,h,a,b,y,S): Q[a,b,y]·Pw[y-z], batched over y
+    term_d = q @ self.rel_pos_d[offset[:grid]].transpose(1, 2)[:, None]  # (B,h,a,b,c,S): Q[a,b,c]·Pd[a-z]
+    term_h = q_row @ self.rel_pos_h[offset[:grid]].transpose(1, 2)  # (B,h,a,b,x,S): Q[a,b,x]·Ph[b-z]
+    # Q[a,b,y]·Pw[y-z], batched over y: (y, B*h*a*b, C) @ (y, C, S) -> (B,h,a,b,y,S)
+    rows = q_row.permute(4, 0, 1, 2, 3, 5).reshape(size, -1, head_dim) @ self.rel_pos_w[offset].transpose(1, 2)
+    term_w = rows.reshape(size, batch, heads, grid, grid, size).permute(1, 2, 3, 4, 0, 5)
 
-    rows = batch * heads * grid * grid
-    per_row = term_h[..., :grid, None, :grid] + term_w[..., None, :grid, :grid]  # (B,h,a,b,x,y,z)
-    real = term_d[..., :grid].reshape(rows, grid, 1, grid) + per_row.reshape(rows, 1, grid * grid, grid)
-    real = real.reshape(batch, heads, tokens, tokens)
-    if grid == size:
-        return real
-
-    def sum_over(term: torch.Tensor, keys: slice) -> torch.Tensor:
-        return torch.logsumexp(term[:, :, :, :, keys], dim=4).unsqueeze(4)
-
-    all_keys, real_keys, padded_keys = slice(None), slice(None, grid), slice(grid, None)
-    padding = torch.cat(
-        [
-            (term_d + sum_over(term_h, all_keys) + sum_over(term_w, all_keys))[..., grid:],
-            (term_d + sum_over(term_h, padded_keys) + sum_over(term_w, all_keys))[..., :grid],
-            (term_d + sum_over(term_h, real_keys) + sum_over(term_w, padded_keys))[..., :grid],
-        ],
-        dim=-1,
+    key_z = torch.arange(tokens, device=x.device) % grid
+    one_hot_z = (key_z[:, None] == torch.arange(grid, device=x.device)).to(x.dtype).expand(batch, heads, -1, -1)
+    queries = torch.cat([q * self.scale, term_d[..., :grid]], dim=-1).reshape(batch, heads, tokens, -1)
+    keys = torch.cat([k.reshape(batch, heads, tokens, head_dim), one_hot_z], dim=-1)
+    values = v.reshape(batch, heads, tokens, head_dim)
+    per_row = (term_h[..., :grid, None, :grid] + term_w[..., None, :grid, :grid]).reshape(
+        batch, heads, grid * grid, 1, tokens
     )
-    return torch.cat([real, torch.logsumexp(padding, dim=-1).reshape(batch, heads, tokens, 1)], dim=-1)
+    if padded:
+        # Padded keys are those with x, y or z >= G: three disjoint sums of positive terms, each factorising.
+        def sum_over(term: torch.Tensor, keys: slice) -> torch.Tensor:
+            return torch.logsumexp(term[:, :, :, :, keys], dim=4).unsqueeze(4)
+
+        all_keys, real_keys, padded_keys = slice(None), slice(None, grid), slice(grid, None)
+        padding = torch.cat(
+            [
+                (term_d + sum_over(term_h, all_keys) + sum_over(term_w, all_keys))[..., grid:],
+                (term_d + sum_over(term_h, padded_keys) + sum_over(term_w, all_keys))[..., :grid],
+                (term_d + sum_over(term_h, real_keys) + sum_over(term_w, padded_keys))[..., :grid],
+            ],
+            dim=-1,
+        )
+        queries = torch.cat([queries, torch.logsumexp(padding, dim=-1).reshape(batch, heads, tokens, 1)], dim=-1)
+        _, k_pad, v_pad = self.qkv.bias.view(3, 1, heads, 1, head_dim).expand(3, batch, heads, 1, head_dim)
+        pad_features = torch.cat([torch.zeros_like(one_hot_z[..., :1, :]), torch.ones_like(k_pad[..., :1])], dim=-1)
+        keys = torch.cat([keys, torch.zeros_like(keys[..., :1])], dim=-1)
+        keys = torch.cat([keys, torch.cat([k_pad, pad_features], dim=-1)], dim=2)
+        values = torch.cat([values, v_pad], dim=2)
+        per_row = torch.cat([per_row, torch.zeros_like(per_row[..., :1])], dim=-1)
+    scores = (queries @ keys.transpose(-1, -2)).reshape(batch, heads, grid * grid, grid, -1) + per_row
+    weights = scores.reshape(batch, heads, tokens, -1).softmax(dim=-1)
+    out = weights @ values
+    return self.proj(out.transpose(1, 2).reshape(batch, grid, grid, grid, heads * head_dim))
 
 
 @contextmanager
 def _traceable_attention(module: nn.Module) -> Iterator[None]:
     attentions = [m for m in module.modules() if isinstance(m, RelPosAttention)]
     for attention in attentions:
-        attention._relative_position_bias = types.MethodType(_traceable_relative_position_bias, attention)
+        attention.forward = types.MethodType(_traceable_attention_forward, attention)
     try:
         yield
     finally:
         for attention in attentions:
-            del attention._relative_position_bias
+            del attention.forward
 
 
 def _export_encoder(model: SamMed3D, path: Path) -> None:

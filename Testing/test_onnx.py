@@ -97,17 +97,17 @@ def test_encoder_keeps_the_closed_form_window_attention(exported, tmp_path: Path
 
 
 @torch.inference_mode()
-def test_traced_bias_equals_the_models_in_place_bias() -> None:
-    """The export's out-of-place bias is the network's, in window (padded) and global blocks."""
+def test_traced_attention_equals_the_networks() -> None:
+    """The attention the export traces is the network's, in window (padded) and global blocks."""
     model = random_model("tiny", 4)
     generator = torch.Generator().manual_seed(5)
     for block in model.image_encoder.blocks:
-        attention = block.attn
-        q = torch.randn(1, attention.num_heads, 8, 8, 8, attention.head_dim, generator=generator)
-        expected = attention._relative_position_bias(q)
-        found = onnx_export._traceable_relative_position_bias(attention, q)
-        assert found.shape == expected.shape == (1, attention.num_heads, 512, 512 + (attention.grid_size > 8))
+        x = torch.randn(1, 8, 8, 8, block.attn.qkv.in_features, generator=generator)
+        expected = block.attn(x)
+        found = onnx_export._traceable_attention_forward(block.attn, x)
+        assert found.shape == expected.shape == x.shape
         torch.testing.assert_close(found, expected, rtol=1e-5, atol=1e-5)
+    assert {block.attn.grid_size for block in model.image_encoder.blocks} == {8, 14}
 
 
 def test_onnx_runtime_matches_the_torch_predictor(exported) -> None:
