@@ -2,11 +2,11 @@
 together: any number of points, a 32^3 mask prompt), for `SAMMed3DLib.onnx_backend.OnnxPredictor`.
 
 The export traces the torch network with the TorchScript-based exporter (`torch.onnx.export(dynamo=False)`): the
-torch.export-based one fails on this encoder in torch 2.13 (view errors in its decompositions of
-`scaled_dot_product_attention` and of `add(out=...)`). Tracing keeps the encoder's closed-form window attention
-(512 real keys plus one padding key, one MatMul-Add-Softmax-MatMul per block), not the reference's 2744-token
-window. The tracer cannot follow writes through views, and `RelPosAttention` fills its bias in place for speed, so
-during export each attention module computes the same attention out of place (`_traceable_attention_forward`).
+torch.export-based one fails on this encoder in torch 2.13 (a view error in its decomposition of
+`scaled_dot_product_attention`). The tracer cannot follow writes through views, and `RelPosAttention` fills its
+bias in place for speed, so during export each attention module runs `_traceable_attention_forward`: the same
+closed-form attention (512 real keys, plus one padding key in window blocks; never the reference's 2744-token
+window), written out of place and in shapes that ONNX Runtime runs as fast as torch runs the original.
 Every export is checked numerically against torch before it replaces anything in the output folder; both files
 carry the source checkpoint's sha256 and the package version as metadata.
 """
