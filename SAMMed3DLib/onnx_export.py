@@ -3,10 +3,8 @@ together: any number of points, a 32^3 mask prompt), for `SAMMed3DLib.onnx_backe
 
 The export traces the torch network with the TorchScript-based exporter (`torch.onnx.export(dynamo=False)`): the
 torch.export-based one fails on this encoder in torch 2.13 (a view error in its decomposition of
-`scaled_dot_product_attention`). The tracer cannot follow writes through views, and `RelPosAttention` fills its
-bias in place for speed, so during export each attention module runs `_traceable_attention_forward`: the same
-closed-form attention (512 real keys, plus one padding key in window blocks; never the reference's 2744-token
-window), written out of place and in shapes that ONNX Runtime runs as fast as torch runs the original.
+`scaled_dot_product_attention`). The encoder's closed-form window attention (512 real keys, plus one padding key
+in window blocks; never the reference's 2744-token window) is traced as it is.
 Every export is checked numerically against torch before it replaces anything in the output folder; both files
 carry the source checkpoint's sha256 and the package version as metadata.
 """
@@ -15,11 +13,9 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import types
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Iterator, Optional, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -28,7 +24,6 @@ from torch import nn
 from SAMMed3DLib import __version__
 from SAMMed3DLib.errors import SAMMed3DError
 from SAMMed3DLib.model import SamMed3D, load_sam_med3d
-from SAMMed3DLib.model.image_encoder import RelPosAttention
 from SAMMed3DLib.onnx_backend import (
     CHECKPOINT_NAME_KEY,
     CHECKPOINT_SHA256_KEY,
@@ -115,7 +110,7 @@ def _output_folder(output: Union[str, Path]) -> Path:
 
 def _export(module: nn.Module, inputs: Tuple[torch.Tensor, ...], path: Path, input_names, output_names,
             dynamic_axes: Optional[Dict[str, Dict[int, str]]] = None) -> None:
-    with torch.no_grad(), _traceable_attention(module), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings():
         # The tracer warns about Python-level shape checks (constant for a fixed patch size) and that this
         # exporter is the older of the two (see the module docstring for why it is the one used).
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -131,75 +126,6 @@ def _export(module: nn.Module, inputs: Tuple[torch.Tensor, ...], path: Path, inp
             dynamic_axes=dynamic_axes,
             do_constant_folding=True,
         )
-
-
-def _traceable_attention_forward(self: RelPosAttention, x: torch.Tensor) -> torch.Tensor:
-    """`RelPosAttention.forward` (same formula, same result) built out of place, in shapes that ONNX Runtime runs
-    fast. The bias's Q[a,b,c]·Pd[a-z] term enters the Q·K MatMul as G extra features (keys carry a one-hot of their
-    z), and in padded windows the padding key's summed bias as one more (keys carry "is the padding key"); only the
-    (a, b, x, y, z) terms are added to the scores, broadcast over c. The three contractions are broadcast MatMuls."""
-    batch, grid = x.shape[0], x.shape[1]
-    heads, head_dim, size = self.num_heads, self.head_dim, self.grid_size
-    tokens, padded = grid**3, grid < size
-    q, k, v = self.qkv(x).reshape(batch, grid, grid, grid, 3, heads, head_dim).permute(4, 0, 5, 1, 2, 3, 6)
-    q_row = q
-    if padded:
-        q_pad = self.qkv.bias[: heads * head_dim].view(1, heads, 1, 1, 1, head_dim)
-        q_row = torch.cat([q, q_pad.expand(batch, heads, grid, grid, size - grid, head_dim)], dim=4)
-    position = torch.arange(size, device=x.device)
-    offset = position[:, None] - position[None, :] + size - 1
-    # P[i, z] transposed to (i, C, z); the constant tables fold into initializers.
-    term_d = q @ self.rel_pos_d[offset[:grid]].transpose(1, 2)[:, None]  # (B,h,a,b,c,S): Q[a,b,c]·Pd[a-z]
-    term_h = q_row @ self.rel_pos_h[offset[:grid]].transpose(1, 2)  # (B,h,a,b,x,S): Q[a,b,x]·Ph[b-z]
-    # Q[a,b,y]·Pw[y-z], batched over y: (y, B*h*a*b, C) @ (y, C, S) -> (B,h,a,b,y,S)
-    rows = q_row.permute(4, 0, 1, 2, 3, 5).reshape(size, -1, head_dim) @ self.rel_pos_w[offset].transpose(1, 2)
-    term_w = rows.reshape(size, batch, heads, grid, grid, size).permute(1, 2, 3, 4, 0, 5)
-
-    key_z = torch.arange(tokens, device=x.device) % grid
-    one_hot_z = (key_z[:, None] == torch.arange(grid, device=x.device)).to(x.dtype).expand(batch, heads, -1, -1)
-    queries = torch.cat([q * self.scale, term_d[..., :grid]], dim=-1).reshape(batch, heads, tokens, -1)
-    keys = torch.cat([k.reshape(batch, heads, tokens, head_dim), one_hot_z], dim=-1)
-    values = v.reshape(batch, heads, tokens, head_dim)
-    per_row = (term_h[..., :grid, None, :grid] + term_w[..., None, :grid, :grid]).reshape(
-        batch, heads, grid * grid, 1, tokens
-    )
-    if padded:
-        # Padded keys are those with x, y or z >= G: three disjoint sums of positive terms, each factorising.
-        def sum_over(term: torch.Tensor, keys: slice) -> torch.Tensor:
-            return torch.logsumexp(term[:, :, :, :, keys], dim=4).unsqueeze(4)
-
-        all_keys, real_keys, padded_keys = slice(None), slice(None, grid), slice(grid, None)
-        padding = torch.cat(
-            [
-                (term_d + sum_over(term_h, all_keys) + sum_over(term_w, all_keys))[..., grid:],
-                (term_d + sum_over(term_h, padded_keys) + sum_over(term_w, all_keys))[..., :grid],
-                (term_d + sum_over(term_h, real_keys) + sum_over(term_w, padded_keys))[..., :grid],
-            ],
-            dim=-1,
-        )
-        queries = torch.cat([queries, torch.logsumexp(padding, dim=-1).reshape(batch, heads, tokens, 1)], dim=-1)
-        _, k_pad, v_pad = self.qkv.bias.view(3, 1, heads, 1, head_dim).expand(3, batch, heads, 1, head_dim)
-        pad_features = torch.cat([torch.zeros_like(one_hot_z[..., :1, :]), torch.ones_like(k_pad[..., :1])], dim=-1)
-        keys = torch.cat([keys, torch.zeros_like(keys[..., :1])], dim=-1)
-        keys = torch.cat([keys, torch.cat([k_pad, pad_features], dim=-1)], dim=2)
-        values = torch.cat([values, v_pad], dim=2)
-        per_row = torch.cat([per_row, torch.zeros_like(per_row[..., :1])], dim=-1)
-    scores = (queries @ keys.transpose(-1, -2)).reshape(batch, heads, grid * grid, grid, -1) + per_row
-    weights = scores.reshape(batch, heads, tokens, -1).softmax(dim=-1)
-    out = weights @ values
-    return self.proj(out.transpose(1, 2).reshape(batch, grid, grid, grid, heads * head_dim))
-
-
-@contextmanager
-def _traceable_attention(module: nn.Module) -> Iterator[None]:
-    attentions = [m for m in module.modules() if isinstance(m, RelPosAttention)]
-    for attention in attentions:
-        attention.forward = types.MethodType(_traceable_attention_forward, attention)
-    try:
-        yield
-    finally:
-        for attention in attentions:
-            del attention.forward
 
 
 def _export_encoder(model: SamMed3D, path: Path) -> None:

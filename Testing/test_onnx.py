@@ -19,7 +19,6 @@ import onnx
 import onnxruntime
 import pytest
 import SimpleITK as sitk
-import torch
 from random_weights import random_model, save_random_checkpoint
 
 from SAMMed3DLib import InteractiveSession, OnnxPredictor, TorchPredictor, Volume, __version__, onnx_export
@@ -94,20 +93,6 @@ def test_encoder_keeps_the_closed_form_window_attention(exported, tmp_path: Path
     weights = session.run(softmax_outputs, {"image": image})
     assert [w.shape for w in weights] == [(1, 12, 512, 512 if block in (2, 5, 8, 11) else 513) for block in range(12)]
     assert all(np.allclose(w.sum(-1), 1, atol=1e-5) for w in weights)
-
-
-@torch.inference_mode()
-def test_traced_attention_equals_the_networks() -> None:
-    """The attention the export traces is the network's, in window (padded) and global blocks."""
-    model = random_model("tiny", 4)
-    generator = torch.Generator().manual_seed(5)
-    for block in model.image_encoder.blocks:
-        x = torch.randn(1, 8, 8, 8, block.attn.qkv.in_features, generator=generator)
-        expected = block.attn(x)
-        found = onnx_export._traceable_attention_forward(block.attn, x)
-        assert found.shape == expected.shape == x.shape
-        torch.testing.assert_close(found, expected, rtol=1e-5, atol=1e-5)
-    assert {block.attn.grid_size for block in model.image_encoder.blocks} == {8, 14}
 
 
 def test_onnx_runtime_matches_the_torch_predictor(exported) -> None:

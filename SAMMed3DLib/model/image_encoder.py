@@ -8,7 +8,7 @@ keys plus one "padding" key that carries it, which gives the reference's numbers
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -55,55 +55,78 @@ class RelPosAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, grid = x.shape[0], x.shape[1]
-        heads, head_dim = self.num_heads, self.head_dim
-        tokens = grid**3
-        # (B, G, G, G, 3*C) -> 3 x (B, heads, G, G, G, head_dim)
-        q, k, v = self.qkv(x).reshape(batch, grid, grid, grid, 3, heads, head_dim).permute(4, 0, 5, 1, 2, 3, 6)
-        bias = self._relative_position_bias(q)
-        q, k, v = (t.reshape(batch, heads, tokens, head_dim) for t in (q, k, v))
-        if grid < self.grid_size:
-            _, k_pad, v_pad = self.qkv.bias.view(3, 1, heads, 1, head_dim).expand(3, batch, heads, 1, head_dim)
-            k = torch.cat([k, k_pad], dim=2)
-            v = torch.cat([v, v_pad], dim=2)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
-        return self.proj(out.transpose(1, 2).reshape(batch, grid, grid, grid, heads * head_dim))
-
-    def _relative_position_bias(self, q: torch.Tensor) -> torch.Tensor:
-        """The additive bias (B, heads, G^3, G^3 [+ 1]): one column per real key, plus, in padded windows, the
-        log of the summed exp-bias of all padded keys (their shared key and value are the qkv bias)."""
-        batch, heads, grid = q.shape[0], q.shape[1], q.shape[2]
-        size = self.grid_size
+        heads, head_dim, size = self.num_heads, self.head_dim, self.grid_size
         if grid > size:
             raise ValueError(f"token grid {grid} is larger than the attention window {size}")
-        # Q[a, b, x] for x in [0, S): the real query, or the q bias where x falls in the padding.
+        tokens, padded = grid**3, grid < size
+        # (B, G, G, G, 3*C) -> 3 x (B, heads, G, G, G, head_dim)
+        q, k, v = self.qkv(x).reshape(batch, grid, grid, grid, 3, heads, head_dim).permute(4, 0, 5, 1, 2, 3, 6)
+        term_d, term_h, term_w = self._relative_position_terms(q)
+
+        # Every bias term enters the Q·K product as a pair of features, so that attention needs no mask:
+        #   q·k * scale                 <- q * scale           with k
+        #   Q[a,b,c]·Pd[a-z]            <- term_d (per z)      with a one-hot of the key's z
+        #   Q[a,b,x]·Ph[b-z] + Q[a,b,y]·Pw[y-z]  <- a one-hot of the query's (a, b) with that sum for the key
+        #   log of the padded keys' summed exp-bias  <- its value  with 1 on the padding key
+        row_of_query = torch.arange(tokens, device=x.device) // grid
+        one_hot_rows = (row_of_query[:, None] == torch.arange(grid * grid, device=x.device)).to(q.dtype)
+        z_of_key = torch.arange(tokens, device=x.device) % grid
+        one_hot_z = (z_of_key[:, None] == torch.arange(grid, device=x.device)).to(q.dtype)
+        per_row = (term_h[..., :grid, None, :grid] + term_w[..., None, :grid, :grid]).reshape(
+            batch, heads, grid * grid, tokens
+        )
+        query_parts = [q * self.scale, term_d[..., :grid], one_hot_rows.expand(batch, heads, tokens, -1)]
+        key_parts = [
+            k.reshape(batch, heads, tokens, head_dim),
+            one_hot_z.expand(batch, heads, -1, -1),
+            per_row.transpose(2, 3),
+        ]
+        values = v.reshape(batch, heads, tokens, head_dim)
+        if padded:
+            query_parts.append(self._padding_bias(term_d, term_h, term_w, grid))
+            key_parts.append(torch.zeros_like(key_parts[0][..., :1]))
+            _, k_pad, v_pad = self.qkv.bias.view(3, 1, heads, 1, head_dim).expand(3, batch, heads, 1, head_dim)
+            feature_count = head_dim + grid + grid * grid
+            padding_key = torch.cat(
+                [k_pad, k_pad.new_zeros(batch, heads, 1, feature_count - head_dim), k_pad.new_ones(batch, heads, 1, 1)],
+                dim=-1,
+            )
+            values = torch.cat([values, v_pad], dim=2)
+        queries = torch.cat([part.reshape(batch, heads, tokens, -1) for part in query_parts], dim=-1)
+        keys = torch.cat(key_parts, dim=-1)
+        if padded:
+            keys = torch.cat([keys, padding_key], dim=2)
+        # One width for queries, keys and values (zero features add nothing), a multiple of 8: torch's fused
+        # attention kernels need both, and its fallback for unequal widths is over twice as slow on CPU.
+        width = (queries.shape[-1] + 7) // 8 * 8  # non-negative: traced, ONNX integer division truncates
+        queries, keys = (F.pad(t, (0, width - t.shape[-1])) for t in (queries, keys))
+        out = F.scaled_dot_product_attention(queries, keys, F.pad(values, (0, width - head_dim)), scale=1.0)
+        out = out[..., :head_dim]
+        return self.proj(out.transpose(1, 2).reshape(batch, grid, grid, grid, heads * head_dim))
+
+    def _relative_position_terms(self, q: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Q[a,b,c]·Pd[a-z] (B,h,a,b,c,z), Q[a,b,x]·Ph[b-z] (B,h,a,b,x,z) and Q[a,b,y]·Pw[y-z] (B,h,a,b,y,z), for
+        x, y, z over the whole S-wide window: Q[a, b, x] is the real query, or the q bias where x is padding."""
+        batch, heads, grid = q.shape[0], q.shape[1], q.shape[2]
+        size = self.grid_size
         q_row = q
         if grid < size:
             q_pad = self.qkv.bias[: heads * self.head_dim].view(1, heads, 1, 1, 1, self.head_dim)
             q_row = torch.cat([q, q_pad.expand(batch, heads, grid, grid, size - grid, self.head_dim)], dim=4)
         position = torch.arange(size, device=q.device)
         offset = position[:, None] - position[None, :] + size - 1
-        table_d = self.rel_pos_d[offset[:grid]]  # [a, z] -> Pd[a - z]
-        table_h = self.rel_pos_h[offset[:grid]]  # [b, z] -> Ph[b - z]
-        table_w = self.rel_pos_w[offset]  # [y, z] -> Pw[y - z]
-        term_d = torch.einsum("nhijkc,izc->nhijkz", q, table_d)  # Q[a,b,c]·Pd[a-z]
-        term_h = torch.einsum("nhijxc,jzc->nhijxz", q_row, table_h)  # Q[a,b,x]·Ph[b-z]
-        term_w = torch.einsum("nhijyc,yzc->nhijyz", q_row, table_w)  # Q[a,b,y]·Pw[y-z]
+        term_d = q @ self.rel_pos_d[offset[:grid]].transpose(1, 2)[:, None]  # [a] (C, z) per a
+        term_h = q_row @ self.rel_pos_h[offset[:grid]].transpose(1, 2)  # [b] (C, z) per b
+        # Pw[y - z] depends on the query row's own position y: batch the product over y.
+        rows = q_row.permute(4, 0, 1, 2, 3, 5).reshape(size, -1, self.head_dim)
+        term_w = (rows @ self.rel_pos_w[offset].transpose(1, 2)).reshape(size, batch, heads, grid, grid, size)
+        return term_d, term_h, term_w.permute(1, 2, 3, 4, 0, 5)
 
-        tokens = grid**3
-        padded = grid < size
-        bias = q.new_empty(batch, heads, tokens, tokens + padded)
-        # Real keys: the two (a, b)-only terms are summed first on the small (a, b, x, y, z) grid, then one broadcast
-        # pass over (a, b, c, x, y, z) adds the (a, b, c, z) term (copied in, not `out=`: training needs autograd).
-        rows_h = term_h[:, :, :, :, :grid, :grid]
-        rows_w = term_w[:, :, :, :, :grid, :grid]
-        per_row = rows_h[:, :, :, :, :, None, :] + rows_w[:, :, :, :, None, :, :]  # (B, h, a, b, x, y, z)
-        real = bias[..., :tokens].unflatten(-1, (grid, grid, grid)).unflatten(2, (grid, grid, grid))
-        real.copy_(term_d[:, :, :, :, :, None, None, :grid] + per_row[:, :, :, :, None])
-        if not padded:
-            return bias
+    @staticmethod
+    def _padding_bias(term_d: torch.Tensor, term_h: torch.Tensor, term_w: torch.Tensor, grid: int) -> torch.Tensor:
+        """log sum over padded keys (x, y or z >= G) of exp(bias), per query (B,h,a,b,c,1): three disjoint sums of
+        positive terms (z padded; z real and x padded; z and x real and y padded), each factorising over x and y."""
 
-        # Padded keys are those with x, y or z >= G: split them into three disjoint sums of positive terms
-        # (z padded; z real and x padded; z and x real and y padded), each of which factorises over x and y.
         def sum_over(term: torch.Tensor, keys: slice) -> torch.Tensor:  # log sum_exp over x (or y): (B,h,a,b,1,z)
             return torch.logsumexp(term[:, :, :, :, keys], dim=4).unsqueeze(4)
 
@@ -116,8 +139,7 @@ class RelPosAttention(nn.Module):
             ],
             dim=-1,
         )
-        bias[..., tokens] = torch.logsumexp(padding, dim=-1).reshape(batch, heads, tokens)
-        return bias
+        return torch.logsumexp(padding, dim=-1, keepdim=True)
 
 
 class Block3D(nn.Module):
