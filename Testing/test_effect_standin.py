@@ -13,30 +13,9 @@ import pytest
 import slicer_standin
 
 from SAMMed3DLib.predictors import ThresholdPredictor
+from SAMMed3DLib.synthetic import SHAPE, SPACING, letter_and_ball, rotation
 
 ROOT = Path(__file__).resolve().parents[1]
-SPACING = np.array([0.9, 0.8, 2.5])  # I, J, K mm
-SHAPE = (30, 90, 80)  # K, J, I
-
-
-def _rotation(axis, degrees):
-    angle = np.deg2rad(degrees)
-    c, s = np.cos(angle), np.sin(angle)
-    i, j = [a for a in range(3) if a != axis]
-    matrix = np.eye(4)
-    matrix[i, i], matrix[i, j], matrix[j, i], matrix[j, j] = c, -s, s, c
-    return matrix
-
-
-def _objects():
-    k, j, i = np.mgrid[0 : SHAPE[0], 0 : SHAPE[1], 0 : SHAPE[2]]
-    slab = (k >= 6) & (k < 24)
-    letter_l = slab & (((j >= 8) & (j < 54) & (i >= 8) & (i < 26)) | ((j >= 36) & (j < 54) & (i >= 8) & (i < 46)))
-    ball = ((k - 15) * SPACING[2]) ** 2 + ((j - 72) * SPACING[1]) ** 2 + ((i - 62) * SPACING[0]) ** 2 <= 13.0**2
-    voxels = np.random.default_rng(0).normal(0, 20, SHAPE) + 600 * (letter_l | ball)
-    return voxels, letter_l, ball
-
-
 @pytest.fixture(params=["volume transformed", "both transformed"])
 def editor(request):
     """The effect on an oblique, anisotropic volume under a parent transform (and, in the second case, a
@@ -44,14 +23,14 @@ def editor(request):
     replaced = (*slicer_standin.REPLACED, "SAMMed3D", "SegmentEditorSAMMed3DLib")
     saved = {name: sys.modules[name] for name in replaced if name in sys.modules}
     record = slicer_standin.Record()
-    voxels, letter_l, ball = _objects()
-    ijk_to_ras = _rotation(2, 30) @ _rotation(0, 20) @ np.diag([*SPACING, 1.0])
+    voxels, letter_l, ball = letter_and_ball()
+    ijk_to_ras = rotation(2, 30) @ rotation(0, 20) @ np.diag([*SPACING, 1.0])
     ijk_to_ras[:3, 3] = [-40.0, 25.0, -12.0]
-    volume_parent = _rotation(1, 15)
+    volume_parent = rotation(1, 15)
     volume_parent[:3, 3] = [10.0, -20.0, 5.0]
     segmentation_parent = None
     if request.param == "both transformed":
-        segmentation_parent = _rotation(0, -10)
+        segmentation_parent = rotation(0, -10)
         segmentation_parent[:3, 3] = [-7.0, 3.0, 12.0]
     scene = slicer_standin.EditorScene(voxels, ijk_to_ras, volume_parent, segmentation_parent)
     slicer_standin.install(record, scene.scene)

@@ -21,41 +21,17 @@ import slicer
 from SAMMed3D import SAMMed3DLogic
 from SAMMed3DLib.predictors import ThresholdPredictor
 from SAMMed3DLib.slicer_setup import LOCAL_FILE, ModelSettings, missing_packages
-
-SPACING = np.array([0.9, 0.8, 2.5])  # I, J, K mm
-SHAPE = (30, 90, 80)  # K, J, I
-
-
-def _rotation(axis, degrees):
-    angle = np.deg2rad(degrees)
-    c, s = np.cos(angle), np.sin(angle)
-    i, j = [a for a in range(3) if a != axis]
-    matrix = np.eye(3)
-    matrix[i, i], matrix[i, j], matrix[j, i], matrix[j, j] = c, -s, s, c
-    return matrix
-
-
-def _objects():
-    """(volume array, mask of the L, mask of the ball), K,J,I."""
-    k, j, i = np.mgrid[0 : SHAPE[0], 0 : SHAPE[1], 0 : SHAPE[2]]
-    slab = (k >= 6) & (k < 24)
-    letter_l = slab & (((j >= 8) & (j < 54) & (i >= 8) & (i < 26)) | ((j >= 36) & (j < 54) & (i >= 8) & (i < 46)))
-    ball = ((k - 15) * SPACING[2]) ** 2 + ((j - 72) * SPACING[1]) ** 2 + ((i - 62) * SPACING[0]) ** 2 <= 13.0**2
-    rng = np.random.default_rng(0)
-    array = rng.normal(0, 20, SHAPE) + 600 * (letter_l | ball)
-    return array.astype(np.int16), letter_l, ball
+from SAMMed3DLib.synthetic import SHAPE, SPACING, letter_and_ball, rotation
 
 
 class SegmentEditorSAMMed3DTest(unittest.TestCase):
     def setUp(self):
         slicer.mrmlScene.Clear(0)
-        array, self.letterL, self.ball = _objects()
-        ijkToRas = np.eye(4)
-        ijkToRas[:3, :3] = _rotation(2, 30) @ _rotation(0, 20) @ np.diag(SPACING)
+        array, self.letterL, self.ball = letter_and_ball()
+        ijkToRas = rotation(2, 30) @ rotation(0, 20) @ np.diag([*SPACING, 1.0])
         ijkToRas[:3, 3] = [-40.0, 25.0, -12.0]
         self.volumeNode = slicer.util.addVolumeFromArray(array, ijkToRas, "SAMMed3D test volume")
-        parent = np.eye(4)
-        parent[:3, :3] = _rotation(1, 15)
+        parent = rotation(1, 15)
         parent[:3, 3] = [10.0, -20.0, 5.0]
         self.transformNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "SAMMed3D test transform")
         self.transformNode.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(parent))
