@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import sys
 import types
+from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import vtk
@@ -543,6 +545,26 @@ class EditorScene:
 
 
 REPLACED = ("slicer", "slicer.util", "slicer.ScriptedLoadableModule", "qt", "SegmentEditorEffects", "PyTorchUtils")
+MODULE_FOLDER = Path(__file__).resolve().parents[1] / "SAMMed3D"
+# What importing the extension's files adds to sys.modules, removed again after each use.
+EXTENSION_MODULES = ("SAMMed3D", "SegmentEditorSAMMed3DLib")
+
+
+@contextlib.contextmanager
+def installed(record: Record, scene: Scene | None = None) -> Iterator[types.ModuleType]:
+    """The stand-in modules in sys.modules and the extension's folder on sys.path, as inside Slicer; on exit both
+    are as they were before, so that no test sees another's stand-in."""
+    names = (*REPLACED, *EXTENSION_MODULES)
+    saved = {name: sys.modules[name] for name in names if name in sys.modules}
+    slicer = install(record, scene)
+    sys.path.insert(0, str(MODULE_FOLDER))
+    try:
+        yield slicer
+    finally:
+        sys.path.remove(str(MODULE_FOLDER))
+        for name in names:
+            sys.modules.pop(name, None)
+        sys.modules.update(saved)
 
 
 def install(record: Record, scene: Scene | None = None) -> types.ModuleType:

@@ -16,12 +16,12 @@ from SAMMed3DLib.predictors import ThresholdPredictor
 from SAMMed3DLib.synthetic import SHAPE, SPACING, letter_and_ball, rotation
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
 @pytest.fixture(params=["volume transformed", "both transformed"])
 def editor(request):
     """The effect on an oblique, anisotropic volume under a parent transform (and, in the second case, a
     segmentation under another transform)."""
-    replaced = (*slicer_standin.REPLACED, "SAMMed3D", "SegmentEditorSAMMed3DLib")
-    saved = {name: sys.modules[name] for name in replaced if name in sys.modules}
     record = slicer_standin.Record()
     voxels, letter_l, ball = letter_and_ball()
     ijk_to_ras = rotation(2, 30) @ rotation(0, 20) @ np.diag([*SPACING, 1.0])
@@ -33,9 +33,7 @@ def editor(request):
         segmentation_parent = rotation(0, -10)
         segmentation_parent[:3, 3] = [-7.0, 3.0, 12.0]
     scene = slicer_standin.EditorScene(voxels, ijk_to_ras, volume_parent, segmentation_parent)
-    slicer_standin.install(record, scene.scene)
-    sys.path.insert(0, str(ROOT / "SAMMed3D"))
-    try:
+    with slicer_standin.installed(record, scene.scene):
         module_spec = importlib.util.spec_from_file_location(
             "SegmentEditorSAMMed3DLib", ROOT / "SAMMed3D" / "SegmentEditorSAMMed3DLib" / "SegmentEditorEffect.py"
         )
@@ -49,11 +47,6 @@ def editor(request):
         effect.activate()
         scene.messages, scene.progress, scene.letter_l, scene.ball = record.messages, record.progress, letter_l, ball
         yield effect, scene
-    finally:
-        sys.path.remove(str(ROOT / "SAMMed3D"))
-        for name in replaced:
-            sys.modules.pop(name, None)
-        sys.modules.update(saved)
 
 
 def _dice(mask, truth):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import http.server
 import importlib
-import sys
 import threading
 import time
 from pathlib import Path
@@ -26,21 +25,12 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def module(monkeypatch, tmp_path):
     """The SAMMed3D module file imported against the stand-in, with its record and a fresh shared logic."""
-    replaced = (*slicer_standin.REPLACED, "SAMMed3D")
-    saved = {name: sys.modules[name] for name in replaced if name in sys.modules}
-    record = slicer_standin.Record()
-    slicer_standin.install(record)
-    sys.path.insert(0, str(ROOT / "SAMMed3D"))
     monkeypatch.setenv("SAMMED3D_HOME", str(tmp_path / "home"))
-    try:
+    record = slicer_standin.Record()
+    with slicer_standin.installed(record):
         sammed3d = importlib.import_module("SAMMed3D")
         sammed3d.SAMMed3DLogic._instance = None
         yield sammed3d, record
-    finally:
-        sys.path.remove(str(ROOT / "SAMMed3D"))
-        for name in replaced:
-            sys.modules.pop(name, None)
-        sys.modules.update(saved)
 
 
 def test_dependencies_are_asked_once_and_installed_when_confirmed(module, monkeypatch):
