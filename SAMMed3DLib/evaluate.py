@@ -106,7 +106,7 @@ def label_names(*folders: Path) -> Dict[int, str]:
         for candidate in (Path(folder) / "dataset.json", Path(folder).parent / "dataset.json"):
             if candidate.is_file():
                 try:
-                    labels = json.loads(candidate.read_text()).get("labels", {})
+                    labels = json.loads(candidate.read_text(encoding="utf-8")).get("labels", {})
                 except (json.JSONDecodeError, AttributeError) as error:
                     raise SAMMed3DError(f"{candidate} is not a readable dataset.json: {error}") from None
                 names: Dict[int, str] = {}
@@ -172,7 +172,8 @@ def _write_atomic(path: Path, write: Callable[[IO[Any]], None], binary: bool = F
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(descriptor, "wb" if binary else "w", newline=None if binary else "") as stream:
+        with os.fdopen(descriptor, "wb" if binary else "w", newline=None if binary else "",
+                       encoding=None if binary else "utf-8") as stream:
             write(stream)
         os.replace(temporary, path)
     except BaseException:
@@ -198,7 +199,7 @@ def _write_rows(path: Path, rows: Sequence[Dict[str, Any]]) -> None:
 
 def read_rows(path: Path) -> List[Dict[str, Any]]:
     """Rows of a metrics CSV with numbers parsed (empty Dice/NSD, i.e. undefined, as NaN)."""
-    with open(path, newline="") as stream:
+    with open(path, newline="", encoding="utf-8") as stream:
         rows = list(csv.DictReader(stream))
     for row in rows:
         for key in ("label", "click", "positive", "i", "j", "k"):
@@ -279,7 +280,7 @@ def _check_run(output: Path, settings: Settings) -> None:
     record = output / "run.json"
     current = asdict(settings)
     if record.is_file():
-        previous = json.loads(record.read_text())
+        previous = json.loads(record.read_text(encoding="utf-8"))
         if previous != current:
             changed = sorted(k for k in current if previous.get(k) != current[k])
             raise SAMMed3DError(

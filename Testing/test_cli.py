@@ -133,7 +133,7 @@ def test_user_errors_are_one_line_and_leave_nothing_behind(pyradiomics_data, tin
     user_error(capsys, ["predict", ct, *model, "--ijk", "--point", "10", "10", "48", "--output", mask],
                "click 1", "outside the image", "0 to 511 / 511 / 47")
     not_a_checkpoint = tmp_path / "notes.pth"
-    not_a_checkpoint.write_text("these are not weights")
+    not_a_checkpoint.write_text("these are not weights", encoding="utf-8")
     user_error(capsys, ["predict", ct, "--checkpoint", str(not_a_checkpoint), "--ijk", "--point", "1", "1", "1",
                         "--output", mask], "notes.pth", "not a PyTorch checkpoint")
     user_error(capsys, ["predict", ct, "--checkpoint", "turbbo", "--ijk", "--point", "1", "1", "1", "--output", mask],

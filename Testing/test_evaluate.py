@@ -36,7 +36,7 @@ def real_dataset(pyradiomics_data, tmp_path_factory) -> Path:
         start = [int(np.clip(centre[a] - size[a] // 2, 0, image.GetSize()[a] - size[a])) for a in range(3)]
         sitk.WriteImage(sitk.RegionOfInterest(image, size, start), str(root / "imagesTr" / f"{name}_0000.nii.gz"))
         sitk.WriteImage(sitk.RegionOfInterest(label, size, start), str(root / "labelsTr" / f"{name}.nii.gz"))
-    (root / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "lesion": 1}}))
+    (root / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "lesion": 1}}), encoding="utf-8")
     return root
 
 
@@ -46,7 +46,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
 
 def read_csv(path: Path) -> list[dict]:
-    with open(path, newline="") as stream:
+    with open(path, newline="", encoding="utf-8") as stream:
         return list(csv.DictReader(stream))
 
 
@@ -72,7 +72,7 @@ def test_random_weight_checkpoint_on_real_cases_is_deterministic_and_resumable(
         assert r["positive"] in ("0", "1")
     assert all(r["positive"] == "1" for r in rows if r["click"] == "1")
 
-    summary = json.loads((output / "summary.json").read_text())
+    summary = json.loads((output / "summary.json").read_text(encoding="utf-8"))
     first = [float(r["dice"]) for r in rows if r["click"] == "1"]
     assert summary["cases"] == 3
     assert summary["per_click"]["1"]["dice"]["mean"] == pytest.approx(np.mean(first), abs=1e-6)
@@ -82,7 +82,7 @@ def test_random_weight_checkpoint_on_real_cases_is_deterministic_and_resumable(
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
     # Resume: a finished case is not recomputed; a lost one is, and gives the same numbers (determinism).
-    first_run = (output / "metrics.csv").read_text()
+    first_run = (output / "metrics.csv").read_text(encoding="utf-8")
     kept = output / "cases" / "brain1.csv"
     kept_stat = kept.stat().st_mtime_ns
     (output / "cases" / "lung2.csv").unlink()
@@ -128,7 +128,7 @@ def test_threshold_oracle_gets_high_dice_that_does_not_fall_with_more_clicks(tmp
     for i in range(2):
         synthetic_case(tmp_path, f"case{i}", i)
     (tmp_path / "labels" / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "kidney",
-                                                                             "2": "spleen"}}))
+                                                                             "2": "spleen"}}), encoding="utf-8")
     # The interior-most protocol: every click well inside an error region, which the oracle always gets right.
     settings = Settings(clicks=5, protocol="ritm", checkpoint="oracle")
     summary = evaluate(ThresholdPredictor(), tmp_path / "images", tmp_path / "labels", tmp_path / "ritm", settings,
@@ -167,7 +167,8 @@ def test_pairing_by_name_nnunet_names_and_dataset_json(tmp_path):
     assert [(c.name, c.image.name, c.label.name) for c in cases] == [
         ("a", "a_0000.nii.gz", "a.nii.gz"), ("b", "b.nrrd", "b.nrrd"), ("c", "c_0000.mha", "c.mha")
     ]
-    (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "liver": 1, "tumour": [2, 3]}}))
+    labels_json = json.dumps({"labels": {"background": 0, "liver": 1, "tumour": [2, 3]}})
+    (tmp_path / "dataset.json").write_text(labels_json, encoding="utf-8")
     assert label_names(labels, images) == {1: "liver", 2: "tumour"}
     (labels / "d.nii.gz").write_bytes(b"")
     with pytest.raises(SAMMed3DError, match="1 label files have no image.*NAME_0000.ext.*: d"):

@@ -73,7 +73,7 @@ def small_config(data_dir: Path, output: Path, **changes) -> TrainConfig:
 
 
 def read_log(output: Path) -> list:
-    return [json.loads(line) for line in (output / LOG).read_text().splitlines()]
+    return [json.loads(line) for line in (output / LOG).read_text(encoding="utf-8").splitlines()]
 
 
 # --- data -------------------------------------------------------------------------------------------------------
@@ -84,7 +84,8 @@ def test_layouts_targets_and_errors(tmp_path):
     nnunet = tmp_path / "Dataset001"
     write_case(nnunet, "a", rng, labels=2)
     write_case(nnunet, "b", rng, image_name="b.nii.gz")  # the reference's image name (no _0000)
-    (nnunet / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": {"background": 0}}))
+    dataset = {"channel_names": {"0": "CT"}, "labels": {"background": 0}}
+    (nnunet / "dataset.json").write_text(json.dumps(dataset), encoding="utf-8")
     cases = data.find_cases(nnunet)
     assert [c.name for c in cases] == ["a", "b"]
     assert [c.image.name for c in cases] == ["a_0000.nii.gz", "b.nii.gz"]

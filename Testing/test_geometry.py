@@ -108,7 +108,7 @@ def test_dicom_series_folder(tmp_path):
 def test_read_errors_are_clear(tmp_path):
     with pytest.raises(SAMMed3DError, match="no such file"):
         Volume.read(tmp_path / "missing.nrrd")
-    (tmp_path / "broken.nrrd").write_text("not an image")
+    (tmp_path / "broken.nrrd").write_text("not an image", encoding="utf-8")
     with pytest.raises(SAMMed3DError, match="cannot read"):
         Volume.read(tmp_path / "broken.nrrd")
     sitk.WriteImage(sitk.Image([5, 6], sitk.sitkUInt8), str(tmp_path / "flat.nrrd"))

@@ -196,7 +196,7 @@ def test_bad_folders_and_providers_give_clear_errors(tmp_path: Path, capsys: pyt
             OnnxPredictor(tmp_path, providers="cuda")
 
     not_a_checkpoint = tmp_path / "notes.pth"
-    not_a_checkpoint.write_text("hello")
+    not_a_checkpoint.write_text("hello", encoding="utf-8")
     assert main(["export-onnx", "--checkpoint", str(not_a_checkpoint), "--output", str(tmp_path / "out")]) == 2
     assert "is not a PyTorch checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "out" / ENCODER_FILE).exists()

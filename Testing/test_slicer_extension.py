@@ -46,7 +46,7 @@ def _own_names() -> set[str]:
     """Functions, methods, classes and attributes that this repository defines (Slicer-side and SAMMed3DLib)."""
     names: set[str] = set()
     for path in [*SLICER_SIDE, *LIBRARY.rglob("*.py")]:
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
                 names.add(node.name)
             elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
@@ -79,7 +79,7 @@ def slicer_names_used(path: Path, own: set[str], python_methods: set[str]) -> se
     """Slicer API names a file uses: full dotted names through slicer/qt/ctk/vtk/... and imports from Slicer's
     modules, `scriptedEffect.X` for the effect's C++ host, and `.X` for methods called on Slicer, VTK and Qt
     objects held in variables (any call of a method this repository does not define)."""
-    tree = ast.parse(path.read_text())
+    tree = ast.parse(path.read_text(encoding="utf-8"))
     names: set[str] = set()
     ours, slicer_imports = set(), set()
     for node in ast.walk(tree):
@@ -126,7 +126,7 @@ def _api_names(chain: list[str]) -> set[str]:
 
 def read_api_list() -> dict[str, str]:
     entries: dict[str, str] = {}
-    for number, line in enumerate(API_LIST.read_text().splitlines(), 1):
+    for number, line in enumerate(API_LIST.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip() or line.startswith("#"):
             continue
         name, _, source = line.partition(" ")
@@ -158,8 +158,7 @@ def test_the_api_check_catches_an_unlisted_call(tmp_path):
         "    slicer.util.madeUpFunction()\n"
         "    node.GetMadeUpThing().Frobnicate()\n"
         "    self.scriptedEffect.saveStateForUndo()\n"
-        "    ', '.join([])\n"
-    )
+        "    ', '.join([])\n", encoding="utf-8")
     names = slicer_names_used(sample, own=set(), python_methods=_python_methods())
     assert names == {
         "slicer", "slicer.util.arrayFromVTKMatrix", "slicer.util.madeUpFunction", ".GetMadeUpThing", ".Frobnicate",
@@ -174,7 +173,7 @@ def test_the_api_check_catches_an_unlisted_call(tmp_path):
 def test_compiles_for_python_3_9(path):
     """Slicer 5.x ships Python 3.9 (older releases) to 3.12: the extension and the packaged library must parse
     with the 3.9 grammar."""
-    ast.parse(path.read_text(), filename=str(path), feature_version=(3, 9))
+    ast.parse(path.read_text(encoding="utf-8"), filename=str(path), feature_version=(3, 9))
 
 
 def _cmake_list(text: str, variable: str) -> list[str]:
@@ -184,7 +183,7 @@ def _cmake_list(text: str, variable: str) -> list[str]:
 
 
 def test_every_module_file_is_in_the_cmake_lists():
-    text = (MODULE / "CMakeLists.txt").read_text()
+    text = (MODULE / "CMakeLists.txt").read_text(encoding="utf-8")
     scripts, resources = _cmake_list(text, "MODULE_PYTHON_SCRIPTS"), _cmake_list(text, "MODULE_PYTHON_RESOURCES")
     on_disk = {
         p.relative_to(MODULE).as_posix() for p in MODULE.rglob("*") if p.is_file() and "__pycache__" not in p.parts
@@ -209,16 +208,16 @@ def test_every_module_file_is_in_the_cmake_lists():
 
 
 def test_extension_metadata_agrees():
-    top = (ROOT / "CMakeLists.txt").read_text()
+    top = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
     assert "find_package(Slicer REQUIRED)" in top and "add_subdirectory(SAMMed3D)" in top
     assert 'set(EXTENSION_DEPENDS "PyTorch")' in top and "include(${Slicer_EXTENSION_CPACK})" in top
     s4ext = dict(
-        line.split(" ", 1) for line in (ROOT / "SAMMed3D.s4ext").read_text().splitlines()
+        line.split(" ", 1) for line in (ROOT / "SAMMed3D.s4ext").read_text(encoding="utf-8").splitlines()
         if line.strip() and not line.startswith("#")
     )
     assert s4ext["depends"] == "PyTorch" and s4ext["category"] == "Segmentation"
     assert s4ext["iconurl"].endswith("SAMMed3D/Resources/Icons/SAMMed3D.png")
-    entry = json.loads((ROOT / "SAMMed3D.json").read_text())
+    entry = json.loads((ROOT / "SAMMed3D.json").read_text(encoding="utf-8"))
     # Slicer/Schemas/slicer-extension-catalog-entry-schema-v1.0.2.json: required keys, no other keys.
     allowed = {"$schema", "category", "scm_url", "scm_revision", "scm_type", "build_dependencies",
                "dicom_support_rule", "build_subdirectory", "enabled", "tier"}
@@ -226,7 +225,7 @@ def test_extension_metadata_agrees():
     assert entry["$schema"].endswith("slicer-extension-catalog-entry-schema-v1.0.2.json#")
     assert entry["build_dependencies"] == ["PyTorch"] and entry["category"] == s4ext["category"]
     assert entry["scm_url"] == s4ext["scmurl"] and 1 <= entry["tier"] <= 5
-    assert "Apache License" in (ROOT / "LICENSE").read_text()[:200]
+    assert "Apache License" in (ROOT / "LICENSE").read_text(encoding="utf-8")[:200]
 
 
 @pytest.mark.parametrize(("name", "size"), [("SAMMed3D.png", 128), ("SegmentEditorSAMMed3D.png", 21)])
@@ -239,7 +238,7 @@ def test_icons_are_real_pngs(name, size):
 def test_the_module_uses_only_widgets_the_ui_file_has():
     ui = ElementTree.parse(MODULE / "Resources" / "UI" / "SAMMed3D.ui")
     defined = {widget.get("name") for widget in ui.iter("widget")}
-    used = set(re.findall(r"self\.ui\.(\w+)", (MODULE / "SAMMed3D.py").read_text()))
+    used = set(re.findall(r"self\.ui\.(\w+)", (MODULE / "SAMMed3D.py").read_text(encoding="utf-8")))
     assert used and used <= defined, f"not in the .ui file: {sorted(used - defined)}"
 
 

@@ -70,7 +70,7 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         Trainer(config, Context(0, 1, device)).run()
-        records = [json.loads(line) for line in (folder / "run" / LOG).read_text().splitlines()]
+        records = [json.loads(line) for line in (folder / "run" / LOG).read_text(encoding="utf-8").splitlines()]
     seconds = [r["seconds"] for r in records if r["kind"] == "train"]
     timed = seconds[1:] or seconds
     median = statistics.median(timed)

@@ -76,7 +76,7 @@ def _dataset_modality(folder: Path) -> str:
     if not path.is_file():
         return "auto"
     try:
-        meta = json.loads(path.read_text())
+        meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise SAMMed3DError(f"{path} is not valid JSON ({error}); fix or remove it") from error
     channels = meta.get("channel_names") or meta.get("modality") or {}
@@ -221,7 +221,7 @@ def cache_case(case: Case, cache_dir: Path) -> Path:
         np.save(staging / "label.npy", label)
         meta = {"name": case.name, "image": str(case.image), "label": str(case.label), "modality": modality,
                 "shape": list(image.shape), "values": values}
-        (staging / "meta.json").write_text(json.dumps(meta, indent=1))
+        (staging / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
         try:
             os.rename(staging, folder)
         except OSError:
@@ -236,7 +236,7 @@ def load_cached(folders: Sequence[Path]) -> Tuple[List[CachedCase], List[Target]
     """Memory-map cached cases and list their targets (one per label value)."""
     cases, targets = [], []
     for folder in folders:
-        meta = json.loads((Path(folder) / "meta.json").read_text())
+        meta = json.loads((Path(folder) / "meta.json").read_text(encoding="utf-8"))
         cases.append(CachedCase(
             name=meta["name"],
             image=np.load(Path(folder) / "image.npy", mmap_mode="r"),

@@ -333,8 +333,9 @@ class Trainer:
         path = self.output / LOG
         if not path.is_file():
             return
-        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= self.step]
-        path.write_text("".join(line + "\n" for line in kept))
+        lines = path.read_text(encoding="utf-8").splitlines()
+        kept = [line for line in lines if line and json.loads(line)["step"] <= self.step]
+        path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
     # --- saving ------------------------------------------------------------------------------------------------
 
@@ -375,7 +376,7 @@ class Trainer:
 
     def log(self, record: Dict[str, Any]) -> None:
         if self.context.is_main:
-            with open(self.output / LOG, "a") as stream:
+            with open(self.output / LOG, "a", encoding="utf-8") as stream:
                 stream.write(json.dumps(record) + "\n")
 
     # --- training ----------------------------------------------------------------------------------------------
