@@ -16,10 +16,8 @@ import csv
 import io
 import json
 import math
-import os
 import re
 import sys
-import tempfile
 import time
 import zlib
 from dataclasses import asdict, dataclass
@@ -30,6 +28,7 @@ import numpy as np
 
 from SAMMed3DLib.clicks import PROTOCOLS, next_click
 from SAMMed3DLib.errors import SAMMed3DError
+from SAMMed3DLib.files import atomic_path
 from SAMMed3DLib.metrics import dice, nsd
 
 IMAGE_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -169,16 +168,10 @@ def evaluate_case(
 
 
 def _write_atomic(path: Path, write: Callable[[IO[Any]], None], binary: bool = False) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb" if binary else "w", newline=None if binary else "",
-                       encoding=None if binary else "utf-8") as stream:
-            write(stream)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary, open(
+        temporary, "wb" if binary else "w", newline=None if binary else "", encoding=None if binary else "utf-8"
+    ) as stream:
+        write(stream)
 
 
 def _format(value: Any) -> Any:

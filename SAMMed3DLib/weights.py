@@ -13,7 +13,6 @@ import http.client
 import os
 import shutil
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -23,6 +22,10 @@ from pathlib import Path
 from typing import Optional
 
 from SAMMed3DLib.errors import SAMMed3DError
+from SAMMed3DLib.files import atomic_path
+
+# File formats of checkpoints in the cache (imported files keep theirs: the loader reads by suffix).
+CHECKPOINT_SUFFIXES = (".pth", ".safetensors")
 
 _CHUNK = 1 << 20
 
@@ -123,22 +126,18 @@ def _normalise_hash(sha256: Optional[str]) -> Optional[str]:
     return value
 
 
-def _publish(source: Path, target: Path) -> None:
-    """Atomic rename into the cache (same folder, so readers see the whole file or nothing)."""
-    os.replace(source, target)
-
-
 def cached(name: str) -> Optional[Path]:
     """The cached file for a registry name or an imported name, or None."""
     entry = find(name)
-    path = cache_dir() / (entry.filename if entry else _imported_filename(name))
-    return path if path.is_file() else None
+    candidates = [entry.filename] if entry else [_imported_filename(name, suffix) for suffix in CHECKPOINT_SUFFIXES]
+    return next((cache_dir() / c for c in candidates if (cache_dir() / c).is_file()), None)
 
 
-def _imported_filename(name: str) -> str:
+def _imported_filename(name: str, suffix: str) -> str:
+    """The cache's file name for an imported checkpoint: the name, with the imported file's format as suffix."""
     if not name or any(c in name for c in "/\\:") or name.startswith("."):
         raise SAMMed3DError(f"checkpoint name {name!r} is not usable as a file name; use letters, digits, - and _")
-    return name if name.endswith(".pth") else f"{name}.pth"
+    return name if name.endswith(suffix) else f"{name}{suffix}"
 
 
 def _offline_message(url: str, reason: object) -> str:
@@ -190,6 +189,12 @@ def download(
 
     target = cache_dir() / filename
     if target.is_file():
+        cached_hash = sha256_of(target) if expected else None
+        if cached_hash not in (None, expected):
+            raise SAMMed3DError(
+                f"the cache already holds a different {filename} (SHA256 {cached_hash}, not {expected}); "
+                f"remove {target} or import the other file under another --name"
+            )
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(target.name + ".part")
@@ -215,7 +220,7 @@ def download(
     if actual != expected:
         part.unlink()
         raise SAMMed3DError(f"SHA256 mismatch for {url}: expected {expected}, got {actual}; nothing was stored")
-    _publish(part, target)
+    os.replace(part, target)  # same folder: readers see the whole file or nothing
     return target
 
 
@@ -277,7 +282,7 @@ def verify(path: Path, sha256: Optional[str] = None) -> tuple[str, Optional[Chec
 def import_file(path: Path, name: Optional[str] = None, sha256: Optional[str] = None) -> Path:
     """Copy a checkpoint the user got elsewhere into the cache, after checking its hash against `sha256` and the
     registry. A registry name whose hash is published must match it; any other file must load as a SAM-Med3D network
-    (keys and shapes) and is stored as `<name>.pth`."""
+    (keys and shapes) and is stored as `<name>.pth`, or `<name>.safetensors` for that format."""
     path = Path(path)
     actual, match = verify(path, sha256)
     entry = find(name) if name else match
@@ -288,22 +293,17 @@ def import_file(path: Path, name: Optional[str] = None, sha256: Optional[str] = 
         )
     if entry is None and name is None:
         name = path.stem
-    filename = entry.filename if entry else _imported_filename(name)
+    suffix = ".safetensors" if path.suffix == ".safetensors" else ".pth"  # load_sam_med3d reads by suffix
+    filename = entry.filename if entry else _imported_filename(name, suffix)
     if entry is None or entry.sha256 is None:  # no published hash to vouch for it: it must load as SAM-Med3D
         from SAMMed3DLib.model import load_sam_med3d
 
         load_sam_med3d(path)
     target = cache_dir() / filename
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{filename}.", suffix=".tmp", delete=False) as tmp:
-        temporary = Path(tmp.name)
-    try:
+    with atomic_path(target) as temporary:
         shutil.copyfile(path, temporary)
         if sha256_of(temporary) != actual:
             raise SAMMed3DError(f"{path} changed while it was being copied; try again")
-        _publish(temporary, target)
-    finally:
-        temporary.unlink(missing_ok=True)
     return target
 
 

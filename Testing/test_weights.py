@@ -123,6 +123,34 @@ def test_verified_file_is_never_downloaded_twice(server, home):
     assert server.requests == [None]
 
 
+def test_a_different_cached_file_under_the_same_name_is_not_passed_off_as_verified(server, home):
+    (home / "weights").mkdir(parents=True)
+    (home / "weights" / "model.pth").write_bytes(b"another checkpoint")
+    with pytest.raises(SAMMed3DError, match=f"already holds a different model.pth.*not {PAYLOAD_SHA}"):
+        weights.download(server.url, sha256=PAYLOAD_SHA, progress=False)
+    assert (home / "weights" / "model.pth").read_bytes() == b"another checkpoint"
+    assert server.requests == []
+
+
+def test_imported_safetensors_keep_their_format_and_load_by_name(tmp_path, home, capsys):
+    import torch
+    from random_weights import random_model
+    from safetensors.torch import save_file
+
+    state = random_model("tiny", seed=3).state_dict()
+    source = tmp_path / "mine.safetensors"
+    save_file({key: value.contiguous() for key, value in state.items()}, str(source))
+    stored = weights.import_file(source, name="mine")
+    assert stored == home / "weights" / "mine.safetensors"
+    assert weights.resolve("mine", progress=False) == stored
+    from SAMMed3DLib.model import load_sam_med3d
+
+    assert torch.equal(load_sam_med3d(stored).state_dict()["mask_decoder.iou_token.weight"],
+                       state["mask_decoder.iou_token.weight"])
+    assert main(["weights", "list"]) == 0
+    assert "mine.safetensors" in capsys.readouterr().out
+
+
 def test_registry_name_downloads_and_resolves(server, home, monkeypatch):
     entry = weights.Checkpoint("turbo", "sam_med3d_turbo.pth", server.url, server.url, len(PAYLOAD), PAYLOAD_SHA, "")
     monkeypatch.setattr(weights, "REGISTRY", (entry,))

@@ -17,13 +17,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from SAMMed3DLib.commands import _common
 from SAMMed3DLib.commands._common import add_model_arguments
+from SAMMed3DLib.files import atomic_path
 
 HELP = "segment a structure in a volume from clicks (points in RAS mm or voxel indices)"
 OUTPUT_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd")
@@ -113,13 +113,8 @@ def write_mask(path: Path, mask: Any, grid: tuple) -> None:
     if suffix == ".seg.nrrd":
         for key, value in _segmentation_fields(mask).items():
             image.SetMetaData(key, value)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{suffix}")
-    os.close(descriptor)
-    try:
-        sitk.WriteImage(image, temporary, useCompression=True)
-        os.replace(temporary, path)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
+    with atomic_path(path, suffix) as temporary:  # SimpleITK picks the format from the suffix
+        sitk.WriteImage(image, str(temporary), useCompression=True)
 
 
 def run(args: argparse.Namespace) -> int:

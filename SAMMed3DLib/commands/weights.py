@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{'':<8} {entry.description}; {entry.url or entry.page}")
         registered = {e.filename for e in weights.REGISTRY}
         if weights.cache_dir().is_dir():
-            for path in sorted(weights.cache_dir().glob("*.pth")):
+            for path in sorted(p for p in weights.cache_dir().iterdir() if p.suffix in weights.CHECKPOINT_SUFFIXES):
                 if path.name not in registered:
                     print(f"{path.stem:<8} {path.name:<24} {path.stat().st_size / 1e6:.0f} MB{'':<7} imported")
     elif args.action == "download":
