@@ -16,7 +16,6 @@ import csv
 import io
 import json
 import math
-import re
 import sys
 import time
 import zlib
@@ -26,13 +25,13 @@ from typing import IO, Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from SAMMed3DLib import datasets
 from SAMMed3DLib.clicks import PROTOCOLS, next_click
+from SAMMed3DLib.datasets import IMAGE_SUFFIXES, label_names
 from SAMMed3DLib.errors import SAMMed3DError
 from SAMMed3DLib.files import atomic_path
 from SAMMed3DLib.metrics import dice, nsd
 
-IMAGE_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-NNUNET_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 COLUMNS = ("case", "label", "label_name", "click", "dice", "nsd", "positive", "i", "j", "k", "seconds")
 NSD_TOLERANCE_MM = 1.0
 
@@ -56,67 +55,22 @@ class Settings:
     modality: str = "auto"
 
 
-def _split_suffix(path: Path) -> Optional[str]:
-    """The file name without its image suffix, or None if it is not an image file."""
-    name = path.name
-    for suffix in IMAGE_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return None
-
-
-def _image_files(folder: Path, what: str) -> Dict[str, Path]:
-    if not folder.is_dir():
-        raise SAMMed3DError(f"--{what} {folder}: no such folder")
-    files: Dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        stem = _split_suffix(path) if path.is_file() else None
-        if stem is not None and not path.name.startswith("."):
-            files[stem] = path
-    return files
-
-
 def pair_cases(images: Path, labels: Path) -> List[Case]:
-    """Cases by file name: `case.ext` in both folders, or nnU-Net's `case_0000.ext` image for the `case.ext` label
-    (only channel 0000 is used). Labels without an image are an error; images without a label are ignored."""
-    image_files, label_files = _image_files(Path(images), "images"), _image_files(Path(labels), "labels")
-    if not label_files:
+    """Cases by file name (`datasets.pair`: nnU-Net's `case_0000.ext` image, else `case.ext`, for the `case.ext`
+    label). Labels without an image are an error; images without a label are ignored."""
+    for flag, folder in (("images", images), ("labels", labels)):
+        if not Path(folder).is_dir():
+            raise SAMMed3DError(f"--{flag} {folder}: no such folder")
+    pairs, unmatched = datasets.pair(Path(images), Path(labels))
+    if not pairs and not unmatched:
         raise SAMMed3DError(f"--labels {labels}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder")
-    cases, unmatched = [], []
-    for name, label in label_files.items():
-        image = image_files.get(name) or image_files.get(f"{name}_0000")
-        if image is None:
-            unmatched.append(name)
-        else:
-            cases.append(Case(name, image, label))
     if unmatched:
         shown = ", ".join(unmatched[:5]) + (", ..." if len(unmatched) > 5 else "")
         raise SAMMed3DError(
             f"{len(unmatched)} label files have no image in {images} (looked for NAME.ext and nnU-Net's "
             f"NAME_0000.ext): {shown}"
         )
-    return cases
-
-
-def label_names(*folders: Path) -> Dict[int, str]:
-    """Label value -> name from an nnU-Net `dataset.json` in or beside the given folders (v2 `{"liver": 1}` or v1
-    `{"1": "liver"}`); empty if there is none."""
-    for folder in folders:
-        for candidate in (Path(folder) / "dataset.json", Path(folder).parent / "dataset.json"):
-            if candidate.is_file():
-                try:
-                    labels = json.loads(candidate.read_text(encoding="utf-8")).get("labels", {})
-                except (json.JSONDecodeError, AttributeError) as error:
-                    raise SAMMed3DError(f"{candidate} is not a readable dataset.json: {error}") from None
-                names: Dict[int, str] = {}
-                for key, value in labels.items():
-                    if isinstance(value, (int, float)) or (isinstance(value, list) and value):
-                        value = value[0] if isinstance(value, list) else value  # v2 region lists: first value
-                        names[int(value)] = str(key)
-                    elif str(key).lstrip("-").isdigit():
-                        names[int(key)] = str(value)
-                return {k: v for k, v in names.items() if k != 0}
-    return {}
+    return [Case(name, image, label) for name, image, label in pairs]
 
 
 def _rng(seed: int, case: str, label: int) -> np.random.Generator:

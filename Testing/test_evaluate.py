@@ -200,3 +200,24 @@ def test_summary_leaves_undefined_values_out():
     summary = evaluation.summarise(rows, clicks=1)
     assert summary["per_click"]["1"]["dice"] == {"mean": pytest.approx(0.6), "std": pytest.approx(0.1), "n": 2}
     assert summary["per_click"]["1"]["nsd"] == {"mean": 0.25, "std": 0.0, "n": 1}
+
+
+def test_evaluation_and_finetuning_read_a_folder_the_same_way(tmp_path):
+    """One pairing rule (channel 0000 before the plain name) and one reading of dataset.json for both."""
+    from SAMMed3DLib.train import data
+
+    images, labels = tmp_path / "imagesTr", tmp_path / "labelsTr"
+    images.mkdir()
+    labels.mkdir()
+    for name in ("a.nii.gz", "a_0000.nii.gz", "b.nrrd"):
+        (images / name).write_bytes(b"")
+    for name in ("a.nii.gz", "b.nrrd"):
+        (labels / name).write_bytes(b"")
+    assert [(c.name, c.image.name) for c in pair_cases(images, labels)] == [("a", "a_0000.nii.gz"), ("b", "b.nrrd")]
+    assert [(c.name, c.image.name) for c in data.find_cases(tmp_path)] == [("a", "a_0000.nii.gz"), ("b", "b.nrrd")]
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": ["background", "liver"]}), encoding="utf-8")
+    with pytest.raises(SAMMed3DError, match="'labels' must be an object of names and values, got list"):
+        label_names(labels, images)
+    (tmp_path / "dataset.json").write_text("[1, 2]", encoding="utf-8")
+    with pytest.raises(SAMMed3DError, match="holds no JSON object"):
+        data.find_cases(tmp_path)

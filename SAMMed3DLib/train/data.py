@@ -24,10 +24,11 @@ from typing import Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
 
+from SAMMed3DLib import datasets
+from SAMMed3DLib.datasets import IMAGE_SUFFIXES
 from SAMMed3DLib.errors import SAMMed3DError
 from SAMMed3DLib.geometry import Volume
 
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 CACHE_VERSION = 1
 MIN_TARGET_VOXELS = 1000  # the reference redraws samples with at most this many label voxels in the crop
 
@@ -63,50 +64,16 @@ class CachedCase:
     modality: str
 
 
-def _split_suffix(name: str) -> Tuple[str, str]:
-    for suffix in IMAGE_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)], suffix
-    return name, ""
-
-
-def _dataset_modality(folder: Path) -> str:
-    """CT or MR from an nnU-Net `dataset.json` (v1 `modality`, v2 `channel_names`); "auto" without one."""
-    path = folder / "dataset.json"
-    if not path.is_file():
-        return "auto"
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise SAMMed3DError(f"{path} is not valid JSON ({error}); fix or remove it") from error
-    channels = meta.get("channel_names") or meta.get("modality") or {}
-    first = str(channels.get("0", "")).strip().lower() if isinstance(channels, dict) else ""
-    if not first:
-        return "auto"
-    return "ct" if first == "ct" else "mr"
-
-
 def _pairs_in(folder: Path) -> List[Case]:
     """Pairs in one dataset folder: `labelsTr/<case><ext>` with `imagesTr/<case>_0000<ext>` or `<case><ext>`."""
-    images = {}
-    for path in sorted((folder / "imagesTr").iterdir()):
-        stem, suffix = _split_suffix(path.name)
-        if suffix:
-            images[stem] = path
-    modality = _dataset_modality(folder)
-    cases = []
-    for label in sorted((folder / "labelsTr").iterdir()):
-        stem, suffix = _split_suffix(label.name)
-        if not suffix or label.name.startswith("."):
-            continue
-        image = images.get(f"{stem}_0000") or images.get(stem)
-        if image is None:
-            raise SAMMed3DError(
-                f"no image for label {label}: expected {folder / 'imagesTr' / (stem + '_0000' + suffix)} "
-                f"or {folder / 'imagesTr' / label.name}"
-            )
-        cases.append(Case(name=stem, image=image, label=label, modality=modality))
-    return cases
+    pairs, unmatched = datasets.pair(folder / "imagesTr", folder / "labelsTr")
+    if unmatched:
+        raise SAMMed3DError(
+            f"no image for label {unmatched[0]} in {folder / 'labelsTr'}: expected {unmatched[0]}_0000.ext or "
+            f"{unmatched[0]}.ext in {folder / 'imagesTr'}"
+        )
+    modality = datasets.modality(folder)
+    return [Case(name=name, image=image, label=label, modality=modality) for name, image, label in pairs]
 
 
 def find_cases(data_dir: Path) -> List[Case]:
