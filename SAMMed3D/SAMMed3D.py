@@ -23,6 +23,7 @@ from SAMMed3DLib.slicer_setup import (
     DEVICES,
     LOCAL_FILE,
     SETTINGS_KEYS,
+    TORCH_REQUIREMENT,
     BackgroundDownload,
     ModelSettings,
     create_predictor,
@@ -189,7 +190,8 @@ class SAMMed3DLogic(ScriptedLoadableModuleLogic):
             if torchMissing:
                 import PyTorchUtils
 
-                if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False) is None:
+                logic = PyTorchUtils.PyTorchUtilsLogic()
+                if logic.installTorch(askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT) is None:
                     raise SAMMed3DError("PyTorch was not installed. Install it from the PyTorch Utils module.")
             if pip:
                 slicer.util.pip_install(pip)

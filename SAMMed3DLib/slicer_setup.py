@@ -24,8 +24,17 @@ LOCAL_FILE = "local file"  # the model choice that reads `local_path` instead of
 # import name -> pip requirement, for the packages SAMMed3DLib imports that Slicer does not ship.
 # torch is absent on purpose: it is installed through the PyTorch extension (PyTorchUtils), which picks the
 # CPU or CUDA build that fits the machine.
-_PIP = {"scipy": "scipy>=1.8", "tqdm": "tqdm>=4.60", "onnxruntime": "onnxruntime>=1.17"}
-_NEEDS = {"torch": ("torch", "scipy", "tqdm"), "onnx": ("onnxruntime", "scipy", "tqdm")}
+_PIP = {
+    "scipy": "scipy>=1.8",
+    "tqdm": "tqdm>=4.60",
+    "onnxruntime": "onnxruntime>=1.17",
+    "safetensors": "safetensors>=0.4",
+}
+_NEEDS = {"torch": ("torch", "scipy", "tqdm", "safetensors"), "onnx": ("onnxruntime", "scipy", "tqdm")}
+# Older torch cannot load checkpoints with the allow-list (torch.serialization.safe_globals); PyTorchUtils is asked
+# for this version, and an older one counts as missing.
+MINIMUM_TORCH = (2, 5)
+TORCH_REQUIREMENT = ">=" + ".".join(map(str, MINIMUM_TORCH))
 
 SETTINGS_KEYS = {
     "model": "SAMMed3D/Model",
@@ -88,9 +97,18 @@ class ModelSettings:
         return cls(**chosen)
 
 
-def missing_packages(
-    backend: str, is_installed: Callable[[str], bool] = lambda name: importlib.util.find_spec(name) is not None
-) -> Tuple[bool, List[str]]:
+def _usable(name: str) -> bool:
+    """Whether a package can be imported here, torch also at `MINIMUM_TORCH` or newer."""
+    if importlib.util.find_spec(name) is None:
+        return False
+    if name != "torch":
+        return True
+    from importlib.metadata import version
+
+    return tuple(int(part) for part in version("torch").split("+")[0].split(".")[:2]) >= MINIMUM_TORCH
+
+
+def missing_packages(backend: str, is_installed: Callable[[str], bool] = _usable) -> Tuple[bool, List[str]]:
     """(torch is missing, pip requirements of the other missing packages) for a backend."""
     needed = _NEEDS[backend]
     return (
@@ -176,7 +194,10 @@ class BackgroundDownload:
             return 1.0
         if not self._size:
             return None
-        received = self._part.stat().st_size if self._part.exists() else 0
+        try:
+            received = self._part.stat().st_size
+        except FileNotFoundError:  # not started yet, or just renamed into the cache by the worker thread
+            received = 0
         return min(received / self._size, 0.99)
 
     def result(self) -> Path:

@@ -59,14 +59,26 @@ def test_wrong_choices_are_named(settings, message):
 
 
 def test_missing_packages_lists_torch_apart_from_pip_requirements():
-    installed = {"torch", "scipy"}
+    installed = {"torch", "scipy", "safetensors"}
     torch_missing, pip = missing_packages("torch", lambda name: name in installed)
     assert (torch_missing, pip) == (False, ["tqdm>=4.60"])
     torch_missing, pip = missing_packages("torch", lambda name: False)
-    assert torch_missing and pip == ["scipy>=1.8", "tqdm>=4.60"]
+    assert torch_missing and pip == ["scipy>=1.8", "tqdm>=4.60", "safetensors>=0.4"]
     torch_missing, pip = missing_packages("onnx", lambda name: name != "onnxruntime")
     assert (torch_missing, pip) == (False, ["onnxruntime>=1.17"])
-    assert missing_packages("torch") == (False, [])  # this environment has everything
+    assert missing_packages("torch") == (False, [])  # this environment has everything, torch >= 2.5 included
+
+
+def test_an_older_torch_counts_as_missing(monkeypatch):
+    import importlib.metadata
+
+    from SAMMed3DLib import slicer_setup
+
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "2.4.1+cu121" if name == "torch" else "9")
+    assert missing_packages("torch")[0]
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "2.5.0a0+git")
+    assert not missing_packages("torch")[0]
+    assert slicer_setup.TORCH_REQUIREMENT == ">=2.5"
 
 
 def test_status_line_names_backend_device_and_timings():
