@@ -69,7 +69,8 @@ def export_checkpoint(checkpoint: Union[str, Path], output: Union[str, Path]) ->
     from SAMMed3DLib.weights import sha256_of
 
     checkpoint = Path(checkpoint)
-    _output_folder(output)  # before the slow part
+    _require_onnx_packages()  # before the slow part
+    _output_folder(output)
     model = load_sam_med3d(checkpoint)
     metadata = {CHECKPOINT_SHA256_KEY: sha256_of(checkpoint), CHECKPOINT_NAME_KEY: checkpoint.name}
     return export_model(model, output, metadata)
@@ -83,6 +84,7 @@ def export_model(
     The files are written and checked in a temporary folder inside `output` and only then renamed into place, so a
     failed export leaves an earlier one untouched. `metadata` adds to the package version in both files.
     """
+    _require_onnx_packages()
     output = _output_folder(output)
     model = model.to("cpu", torch.float32).eval()
     properties = {VERSION_KEY: __version__, **(metadata or {})}
@@ -100,6 +102,15 @@ def export_model(
     return differences
 
 
+def _require_onnx_packages() -> None:
+    """The exporter needs `onnx`, the check after it ONNX Runtime: say so in one line rather than halfway through."""
+    import importlib.util
+
+    missing = [name for name in ("onnx", "onnxruntime") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise SAMMed3DError(f"exporting to ONNX needs {' and '.join(missing)}: pip install 'SAMMed3DLib[onnx]'")
+
+
 def _output_folder(output: Union[str, Path]) -> Path:
     output = Path(output).expanduser()
     if output.exists() and not output.is_dir():
@@ -108,8 +119,14 @@ def _output_folder(output: Union[str, Path]) -> Path:
     return output
 
 
-def _export(module: nn.Module, inputs: Tuple[torch.Tensor, ...], path: Path, input_names, output_names,
-            dynamic_axes: Optional[Dict[str, Dict[int, str]]] = None) -> None:
+def _export(
+    module: nn.Module,
+    inputs: Tuple[torch.Tensor, ...],
+    path: Path,
+    input_names,
+    output_names,
+    dynamic_axes: Optional[Dict[str, Dict[int, str]]] = None,
+) -> None:
     with torch.no_grad(), warnings.catch_warnings():
         # The tracer warns about Python-level shape checks (constant for a fixed patch size) and that this
         # exporter is the older of the two (see the module docstring for why it is the one used).
@@ -142,7 +159,11 @@ def _export_decoder(model: SamMed3D, path: Path) -> None:
     labels = torch.tensor([[1, 0, 1]])
     mask_logits = torch.zeros(1, 1, logits_size, logits_size, logits_size)
     _export(
-        _Decoder(model), (embedding, points, labels, mask_logits), path, DECODER_INPUTS, DECODER_OUTPUTS,
+        _Decoder(model),
+        (embedding, points, labels, mask_logits),
+        path,
+        DECODER_INPUTS,
+        DECODER_OUTPUTS,
         dynamic_axes={"points": {1: "points"}, "labels": {1: "points"}},
     )
 
@@ -184,6 +205,7 @@ def _difference(found: np.ndarray, expected: torch.Tensor) -> float:
         raise SAMMed3DError(f"the ONNX export gives shape {found.shape}, torch {expected.shape}")
     difference = float(np.abs(found - expected).max())
     if not difference <= TOLERANCE * max(1.0, float(np.abs(expected).max())):
-        raise SAMMed3DError(f"the ONNX export differs from torch by {difference:.3g} (tolerance {TOLERANCE:g} "
-                            "relative); not written")
+        raise SAMMed3DError(
+            f"the ONNX export differs from torch by {difference:.3g} (tolerance {TOLERANCE:g} relative); not written"
+        )
     return difference

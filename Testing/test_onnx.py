@@ -216,3 +216,15 @@ def test_auto_providers_prefer_cuda_when_onnxruntime_gpu_is_installed() -> None:
         _requested_providers("cuda", cpu_build)
     with pytest.raises(SAMMed3DError, match="TensorrtExecutionProvider are not available"):
         _requested_providers(["TensorrtExecutionProvider"], cpu_build)
+
+
+def test_export_without_the_onnx_packages_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else find_spec(name, *a))
+    checkpoint = save_random_checkpoint(tmp_path / "tiny.pth")
+    assert main(["export-onnx", "--checkpoint", str(checkpoint), "--output", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert error.strip() == "sammed3d export-onnx: error: exporting to ONNX needs onnx: pip install 'SAMMed3DLib[onnx]'"
+    assert not (tmp_path / "out").exists()
