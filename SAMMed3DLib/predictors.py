@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     import torch
 
 LOGITS_SHAPE = (1, 1, 32, 32, 32)
+DEVICES = ("auto", "cpu", "cuda", "mps")  # the names `select_device` takes
 
 
 class Predictor(Protocol):

@@ -20,14 +20,6 @@ Extent = Tuple[int, int, int, int, int, int]  # VTK order: i0, i1, j0, j1, k0, k
 Region = Tuple[slice, slice, slice]  # K, J, I slices of an array
 
 
-def transform_point(matrix: np.ndarray, point: Sequence[float]) -> np.ndarray:
-    """Apply a 4x4 homogeneous matrix to a 3D point."""
-    matrix = np.asarray(matrix, dtype=float)
-    if matrix.shape != (4, 4):
-        raise ValueError(f"expected a 4x4 matrix, got shape {matrix.shape}")
-    return (matrix @ np.append(np.asarray(point, dtype=float), 1.0))[:3]
-
-
 def extent_shape(extent: Sequence[int]) -> Tuple[int, int, int]:
     """The K,J,I array shape of a VTK extent (0 along an axis where the extent is empty)."""
     i0, i1, j0, j1, k0, k1 = (int(v) for v in extent)

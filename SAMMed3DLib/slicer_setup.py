@@ -16,9 +16,9 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 from SAMMed3DLib import weights
 from SAMMed3DLib.errors import SAMMed3DError
+from SAMMed3DLib.predictors import DEVICES
 
 BACKENDS = {"torch": "PyTorch", "onnx": "ONNX Runtime"}
-DEVICES = ("auto", "cpu", "cuda", "mps")
 LOCAL_FILE = "local file"  # the model choice that reads `local_path` instead of a registry entry
 
 # import name -> pip requirement, for the packages SAMMed3DLib imports that Slicer does not ship.

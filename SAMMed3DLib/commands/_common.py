@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from SAMMed3DLib.predictors import DEVICES
+
 BACKENDS = ("torch", "onnx")
-DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

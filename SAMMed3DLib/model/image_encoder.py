@@ -171,7 +171,6 @@ class ImageEncoder3D(nn.Module):
         global_attn_indexes: Sequence[int],
     ) -> None:
         super().__init__()
-        self.img_size = img_size
         grid = img_size // patch_size
         if window_size < grid:
             raise ValueError(f"window size {window_size} must cover the {grid}^3 token grid")

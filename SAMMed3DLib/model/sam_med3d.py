@@ -52,8 +52,6 @@ VARIANTS: Dict[str, SamMed3DConfig] = {
 class SamMed3D(nn.Module):
     """Image encoder, prompt encoder and mask decoder, with the reference's state-dict names."""
 
-    mask_threshold: float = 0.0
-
     def __init__(self, config: SamMed3DConfig) -> None:
         super().__init__()
         self.config = config
