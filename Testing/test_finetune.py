@@ -6,10 +6,16 @@ numbers) so that 80 optimiser steps take seconds on a shared CPU.
 
 from __future__ import annotations
 
+import argparse
+import hashlib
+import http.server
 import json
 import os
 import subprocess
 import sys
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +23,12 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from SAMMed3DLib.cli import main
 from SAMMed3DLib.errors import SAMMed3DError
 from SAMMed3DLib.geometry import Volume
+from SAMMed3DLib.predictors import select_device
 from SAMMed3DLib.train import data
-from SAMMed3DLib.train.distributed import Context
+from SAMMed3DLib.train.distributed import Context, choose_device
 from SAMMed3DLib.train.loop import BEST, LATEST, LOG, TrainConfig, Trainer, weights_digest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -227,6 +235,8 @@ def test_resume_continues_exactly(spheres, tmp_path, one_thread):
     Trainer(small_config(spheres, split, max_steps=4, **config), cpu).run()
     interrupted = torch.load(split / LATEST, weights_only=True)
     assert (interrupted["step"], interrupted["epoch"], interrupted["micro_batch"]) == (4, 1, 2)
+    with open(split / LOG, "a", encoding="utf-8") as stream:
+        stream.write('{"kind": "train", "step": 5, "lo')  # torn: the process was killed in the middle of an append
     trainer = Trainer(small_config(spheres, split, max_steps=6, resume=True, **config), cpu)
     assert trainer.step == 4
     trainer.run()
@@ -245,6 +255,41 @@ def test_resume_continues_exactly(spheres, tmp_path, one_thread):
 
     assert [r for r in numbers(split) if r["kind"] != "end"] == [r for r in numbers(straight) if r["kind"] != "end"]
     assert read_log(split)[-1]["weights_sha256"] == read_log(straight)[-1]["weights_sha256"]
+
+
+def test_resume_refuses_a_checkpoint_of_the_reference(spheres, tmp_path, capsys):
+    """A checkpoint of the reference's script (`args` pickled as an argparse.Namespace, no step or RNG states) is
+    read safely and refused in one line: --resume cannot continue it exactly."""
+    from SAMMed3DLib.model import build_sam_med3d
+
+    model = build_sam_med3d("tiny")
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [120, 180])
+    output = tmp_path / "out"
+    output.mkdir()
+    torch.save({"model_state_dict": model.state_dict(), "optimizer_state_dict": optimizer.state_dict(),
+                "lr_scheduler_state_dict": scheduler.state_dict(), "epoch": 3, "losses": [0.5], "dices": [0.6],
+                "best_loss": 0.5, "best_dice": 0.6, "args": argparse.Namespace(lr=8e-5, batch_size=2)},
+               output / LATEST)
+    code = main(["finetune", "--data", str(spheres), "--output", str(output), "--resume", "--device", "cpu",
+                 "--num-workers", "0"])
+    message = capsys.readouterr().err
+    assert code == 2 and message.count("\n") == 1, message
+    assert f"{output / LATEST} was not written by sammed3d finetune; --resume needs one of its {LATEST}" in message
+
+
+def test_device_rules_are_the_predictors(monkeypatch):
+    """--device is select_device's choice (one place for the rules), limited to CUDA and the CPU."""
+    assert choose_device("cpu") == torch.device("cpu")
+    assert choose_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(SAMMed3DError, match="unknown --device 'mps'; use auto, cpu or cuda"):
+        choose_device("mps")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SAMMed3DError) as ours:
+        choose_device("cuda")
+    with pytest.raises(SAMMed3DError) as predictors:
+        select_device("cuda")
+    assert str(ours.value) == str(predictors.value)
 
 
 def _run_cli(*args, env=None, timeout=300):
@@ -283,6 +328,69 @@ def test_torchrun_two_processes_gloo(spheres, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", LATEST, LOG]
     checkpoint = torch.load(tmp_path / LATEST, weights_only=True)
     assert len(checkpoint["rng_states"]) == 2
+
+
+@contextmanager
+def slow_file_server(body: bytes, delay: float):
+    """Serves `body` at any path on 127.0.0.1 after `delay` seconds; yields the URL and the paths asked for."""
+    requests: list = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            requests.append(self.path)
+            time.sleep(delay)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/sam_med3d_turbo.pth", requests
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+BUILD_TRAINER = """
+import json
+import sys
+from SAMMed3DLib import weights
+from SAMMed3DLib.train import distributed
+from SAMMed3DLib.train.loop import TrainConfig, Trainer, weights_digest
+url, sha256, data, output, overrides = sys.argv[1:]
+weights.REGISTRY = (weights.Checkpoint("turbo", "sam_med3d_turbo.pth", url, url, None, sha256, ""),)
+context = distributed.setup("cpu")
+config = TrainConfig(data=data, output=output, checkpoint="turbo", variant="tiny",
+                     model_overrides=json.loads(overrides), num_workers=0, progress=False, min_voxels=100, device="cpu")
+print("weights", weights_digest(Trainer(config, context).model))
+distributed.cleanup(context)
+"""
+
+
+def test_torchrun_downloads_a_named_checkpoint_once(spheres, tmp_path):
+    """`--checkpoint NAME` under torchrun: rank 0 downloads, the others wait and read the cache; two processes
+    downloading into one .part file at once would break the run."""
+    from SAMMed3DLib.model import build_sam_med3d
+
+    torch.manual_seed(1)
+    model = build_sam_med3d("tiny", **SMALL)
+    torch.save({"model_state_dict": model.state_dict()}, tmp_path / "published.pth")
+    body = (tmp_path / "published.pth").read_bytes()
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), SAMMED3D_HOME=str(tmp_path / "home"))
+    with slow_file_server(body, delay=1.0) as (url, requests):
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                   "--no-python", sys.executable, "-c", BUILD_TRAINER, url, hashlib.sha256(body).hexdigest(),
+                   str(spheres), str(tmp_path / "out"), json.dumps(SMALL)]
+        result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert requests == ["/sam_med3d_turbo.pth"]
+    assert result.stdout.split() == ["weights", weights_digest(model)] * 2
+    assert sorted(p.name for p in (tmp_path / "home" / "weights").iterdir()) == ["sam_med3d_turbo.pth"]
 
 
 def test_one_step_of_vit_b_ori(tmp_path):

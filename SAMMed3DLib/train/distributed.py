@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 
 from SAMMed3DLib.errors import SAMMed3DError
+from SAMMed3DLib.predictors import select_device
 
 
 @dataclass(frozen=True)
@@ -30,14 +31,12 @@ class Context:
 
 
 def choose_device(name: str) -> torch.device:
-    """`auto` picks CUDA when there is a GPU; `cuda` without one is a user error."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SAMMed3DError("--device cuda: this machine has no CUDA GPU that torch can use; use --device cpu")
-    if name not in ("cpu", "cuda"):
+    """`select_device` restricted to CUDA and CPU: `auto` falls back to the CPU, not Apple MPS, which lacks the
+    float64 the processes' all-reduce uses and on which the loop is untested."""
+    if name not in ("auto", "cpu", "cuda"):
         raise SAMMed3DError(f"unknown --device {name!r}; use auto, cpu or cuda")
-    return torch.device(name)
+    device = select_device(name)
+    return torch.device("cpu") if device.type == "mps" else device
 
 
 def setup(device_name: str) -> Context:

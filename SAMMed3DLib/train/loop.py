@@ -16,10 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
 import sys
-import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -31,14 +29,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from SAMMed3DLib import clicks
+from SAMMed3DLib import clicks, metrics
 from SAMMed3DLib.errors import SAMMed3DError
+from SAMMed3DLib.files import atomic_path
 from SAMMed3DLib.train import data
 from SAMMed3DLib.train.distributed import Context, barrier, gather, mean
 
 LATEST = "sam_model_latest.pth"
 BEST = "sam_model_dice_best.pth"
 LOG = "train_log.jsonl"
+# What `--resume` restores; the reference's own checkpoints lack the position and RNG states.
+_RESUME_KEYS = frozenset({
+    "model_state_dict", "optimizer_state_dict", "lr_scheduler_state_dict", "scaler_state_dict", "step", "epoch",
+    "micro_batch", "best_dice", "losses", "dices", "rng_states",
+})
 
 
 @dataclass
@@ -126,12 +130,6 @@ def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=dtype) if dtype is not None else nullcontext()
 
 
-def dice(prediction: torch.Tensor, truth: torch.Tensor) -> float:
-    """Dice of two boolean masks; 1.0 when both are empty."""
-    total = int(prediction.sum()) + int(truth.sum())
-    return 1.0 if total == 0 else 2.0 * int((prediction & truth).sum()) / total
-
-
 @torch.no_grad()
 def validate(model: nn.Module, dataset: data.TargetCrops, context: Context, seed: int,
              click_counts: Tuple[int, ...]) -> Dict[str, float]:
@@ -160,7 +158,7 @@ def validate(model: nn.Module, dataset: data.TargetCrops, context: Context, seed
                 logits = F.interpolate(low_res.float(), size=truth.shape, mode="trilinear", align_corners=False)
                 prediction = logits[0, 0] > 0
                 if click in click_counts:
-                    row.append(dice(prediction, truth_t))
+                    row.append(metrics.dice(prediction.cpu().numpy(), truth))  # truth never empty: defined
         scores.append(row)
     model.train(was_training)
     everything = [row for part in gather(context, scores) for row in part]
@@ -208,15 +206,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(handle)
-    try:
-        torch.save(obj, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+def read_training_checkpoint(path: Path, device: torch.device) -> Dict[str, Any]:
+    """A checkpoint in the reference's format with weights_only=True; its `args` may be an argparse.Namespace (the
+    reference's own script pickles one), the one non-tensor type allowed, as for the weights loader."""
+    from SAMMed3DLib.model.checkpoint import _ALLOWED_GLOBALS
+
+    with torch.serialization.safe_globals(_ALLOWED_GLOBALS):
+        return torch.load(path, map_location=device, weights_only=True)
 
 
 class Trainer:
@@ -285,7 +281,12 @@ class Trainer:
         elif config.checkpoint:
             from SAMMed3DLib import weights
 
-            source = weights.resolve(config.checkpoint, progress=sys.stderr if self.context.is_main else None)
+            # Rank 0 downloads a named checkpoint alone (one .part file, one rename); the others then find it cached.
+            if self.context.is_main:
+                source = weights.resolve(config.checkpoint, progress=True)
+            barrier(self.context)
+            if not self.context.is_main:
+                source = weights.resolve(config.checkpoint, progress=False)
         if source is not None and not config.model_overrides:
             return load_sam_med3d(source, self.context.device, config.variant)
         if config.model_overrides and not config.variant:
@@ -314,7 +315,10 @@ class Trainer:
         return train_set, validation_set
 
     def _resume(self) -> None:
-        state = torch.load(self.output / LATEST, map_location=self.context.device, weights_only=True)
+        path = self.output / LATEST
+        state = read_training_checkpoint(path, self.context.device)
+        if not isinstance(state, dict) or not _RESUME_KEYS.issubset(state):
+            raise SAMMed3DError(f"{path} was not written by sammed3d finetune; --resume needs one of its {LATEST}")
         self.model.load_state_dict(state["model_state_dict"], strict=True)
         self.optimizer.load_state_dict(state["optimizer_state_dict"])
         self.scheduler.load_state_dict(state["lr_scheduler_state_dict"])
@@ -329,13 +333,21 @@ class Trainer:
             self._truncate_log()
 
     def _truncate_log(self) -> None:
-        """Drop log lines written after the checkpoint we resume from (a run killed between two saves)."""
+        """Drop log lines written after the checkpoint we resume from (a run killed between two saves), and a line
+        torn by a kill in the middle of an append."""
         path = self.output / LOG
         if not path.is_file():
             return
-        lines = path.read_text(encoding="utf-8").splitlines()
-        kept = [line for line in lines if line and json.loads(line)["step"] <= self.step]
-        path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        kept = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record["step"] <= self.step:
+                kept.append(line)
+        with atomic_path(path) as temporary:
+            temporary.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
     # --- saving ------------------------------------------------------------------------------------------------
 
@@ -363,7 +375,8 @@ class Trainer:
         """Write a checkpoint in the reference's format (all processes call this; only rank 0 writes)."""
         checkpoint = self._checkpoint()
         if self.context.is_main:
-            _atomic_save(checkpoint, self.output / name)
+            with atomic_path(self.output / name) as temporary:
+                torch.save(checkpoint, temporary)
         if name == LATEST:
             self._saved_at = self.step, self.epoch, self.micro_batch
 
