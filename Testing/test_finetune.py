@@ -367,7 +367,7 @@ weights.REGISTRY = (weights.Checkpoint("turbo", "sam_med3d_turbo.pth", url, url,
 context = distributed.setup("cpu")
 config = TrainConfig(data=data, output=output, checkpoint="turbo", variant="tiny",
                      model_overrides=json.loads(overrides), num_workers=0, progress=False, min_voxels=100, device="cpu")
-print("weights", weights_digest(Trainer(config, context).model))
+sys.stdout.write(f"weights {weights_digest(Trainer(config, context).model)}\\n")  # one write: no interleaving
 distributed.cleanup(context)
 """
 
@@ -389,7 +389,7 @@ def test_torchrun_downloads_a_named_checkpoint_once(spheres, tmp_path):
         result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert requests == ["/sam_med3d_turbo.pth"]
-    assert result.stdout.split() == ["weights", weights_digest(model)] * 2
+    assert result.stdout.splitlines() == [f"weights {weights_digest(model)}"] * 2
     assert sorted(p.name for p in (tmp_path / "home" / "weights").iterdir()) == ["sam_med3d_turbo.pth"]
 
 
