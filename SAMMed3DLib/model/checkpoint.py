@@ -14,7 +14,7 @@ from SAMMed3DLib.errors import SAMMed3DError
 from SAMMed3DLib.model.sam_med3d import VARIANTS, SamMed3D, build_sam_med3d
 
 # Besides tensors and plain containers, the reference's training script pickles its argparse.Namespace as `args`.
-_ALLOWED_GLOBALS = [argparse.Namespace]
+ALLOWED_GLOBALS = [argparse.Namespace]
 _POINT_EMBEDDING_KEY = re.compile(r"prompt_encoder\.point_embeddings\.(\d+)\.weight")
 _LISTED = 5
 
@@ -35,7 +35,7 @@ def read_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
             raise SAMMed3DError(f"{path} is not a readable .safetensors checkpoint: {error}") from None
     else:
         try:
-            with torch.serialization.safe_globals(_ALLOWED_GLOBALS):
+            with torch.serialization.safe_globals(ALLOWED_GLOBALS):
                 content = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as error:
             if "Weights only load failed" in str(error):

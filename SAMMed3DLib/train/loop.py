@@ -209,9 +209,9 @@ def seed_everything(seed: int) -> None:
 def read_training_checkpoint(path: Path, device: torch.device) -> Dict[str, Any]:
     """A checkpoint in the reference's format with weights_only=True; its `args` may be an argparse.Namespace (the
     reference's own script pickles one), the one non-tensor type allowed, as for the weights loader."""
-    from SAMMed3DLib.model.checkpoint import _ALLOWED_GLOBALS
+    from SAMMed3DLib.model.checkpoint import ALLOWED_GLOBALS
 
-    with torch.serialization.safe_globals(_ALLOWED_GLOBALS):
+    with torch.serialization.safe_globals(ALLOWED_GLOBALS):
         return torch.load(path, map_location=device, weights_only=True)
 
 
