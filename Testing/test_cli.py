@@ -159,6 +159,6 @@ def test_user_errors_are_one_line_and_leave_nothing_behind(pyradiomics_data, tin
 
 def test_installed_entry_point_runs_without_importing_torch_for_help():
     code = "import sys; from SAMMed3DLib.cli import main; main(['weights', 'list']); print('torch' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8", check=True,
                             cwd=Path(__file__).resolve().parents[1])
     assert result.stdout.strip().splitlines()[-1] == "False"

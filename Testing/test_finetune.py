@@ -293,7 +293,7 @@ def test_device_rules_are_the_predictors(monkeypatch):
 
 
 def _run_cli(*args, env=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", "SAMMed3DLib.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "SAMMed3DLib.cli", *args], capture_output=True, encoding="utf-8",
                           cwd=REPO, env=env, timeout=timeout)
 
 
@@ -315,7 +315,7 @@ def test_torchrun_two_processes_gloo(spheres, tmp_path):
                "-m", "SAMMed3DLib.cli", "finetune", "--data", str(spheres), "--output", str(tmp_path),
                "--variant", "tiny", "--max-steps", "2", "--batch-size", "1", "--accumulation-steps", "1",
                "--lr", "1e-3", "--device", "cpu", "--num-workers", "0"]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=400)
+    result = subprocess.run(command, capture_output=True, encoding="utf-8", cwd=REPO, env=env, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
     log = read_log(tmp_path)
     digests = log[-1]["weights_sha256"]
@@ -386,7 +386,7 @@ def test_torchrun_downloads_a_named_checkpoint_once(spheres, tmp_path):
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                    "--no-python", sys.executable, "-c", BUILD_TRAINER, url, hashlib.sha256(body).hexdigest(),
                    str(spheres), str(tmp_path / "out"), json.dumps(SMALL)]
-        result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+        result = subprocess.run(command, capture_output=True, encoding="utf-8", cwd=REPO, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert requests == ["/sam_med3d_turbo.pth"]
     assert result.stdout.splitlines() == [f"weights {weights_digest(model)}"] * 2

@@ -145,7 +145,7 @@ def test_session_runs_without_torch(exported, tmp_path: Path) -> None:
                                                                    and sys.modules[m] is not None]}}))
         """
     )
-    result = subprocess.run([sys.executable, "-c", script], cwd=REPOSITORY, capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPOSITORY, capture_output=True, encoding="utf-8",
                             timeout=300)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])

@@ -393,4 +393,5 @@ def test_select_device():
 
 def test_session_and_predictors_import_without_torch():
     code = "import sys, SAMMed3DLib.session, SAMMed3DLib.predictors; print('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8", check=True)
+    assert result.stdout == "False\n"

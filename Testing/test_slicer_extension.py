@@ -251,5 +251,5 @@ def test_the_effect_imports_no_heavy_package():
         "import SAMMed3DLib.slicer_setup, SAMMed3DLib.errors, SAMMed3DLib.weights\n"
         "print(sorted(m for m in ('torch', 'scipy', 'onnxruntime', 'tqdm') if m in sys.modules))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8", check=True)
     assert result.stdout.strip() == "[]"

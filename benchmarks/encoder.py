@@ -90,7 +90,7 @@ class Worker:
             "--dtype",
             dtype,
         ]
-        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, encoding="utf-8")
         self.peak_mb = self._answer()["peak_mb"]
         self.embedding = torch.load(folder / f"{implementation}-{dtype}.pt", weights_only=True)
         self.times: List[float] = []
