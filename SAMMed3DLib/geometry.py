@@ -276,12 +276,13 @@ def linear_weights(coords: np.ndarray, size: int) -> Tuple[np.ndarray, np.ndarra
     return low, (coords - low).astype(np.float32)
 
 
-def _lerp(values: np.ndarray, axis: int, low: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """Linear interpolation of float32 `values` along `axis` (see `linear_weights`), in place on two gathers."""
+def interpolate_along(values: np.ndarray, axis: int, low: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Linear interpolation of `values` along `axis` at the lower neighbours `low` with the upper neighbours'
+    weights (see `linear_weights`), as float32: two gathers, combined in place."""
     shape = [1] * values.ndim
     shape[axis] = -1
-    below = np.take(values, low, axis=axis)
-    result = np.take(values, np.minimum(low + 1, values.shape[axis] - 1), axis=axis)
+    below = np.take(values, low, axis=axis).astype(np.float32, copy=False)
+    result = np.take(values, np.minimum(low + 1, values.shape[axis] - 1), axis=axis).astype(np.float32, copy=False)
     result -= below
     result *= weight.reshape(shape)
     result += below
@@ -349,7 +350,7 @@ def _interpolated_slices(coarse: np.ndarray, weights):
     """
     if any(len(low) == 0 for low, _ in weights):
         return
-    values = _lerp(_lerp(coarse, 2, *weights[2]), 1, *weights[1])  # (coarse K, nJ, nI)
+    values = interpolate_along(interpolate_along(coarse, 2, *weights[2]), 1, *weights[1])  # (coarse K, nJ, nI)
     difference = values[:-1] - values[1:] if len(values) > 1 else np.zeros_like(values)
     step = np.empty(values.shape[1:], np.float32)
     for k, (low, weight) in enumerate(zip(*weights[0])):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from SAMMed3DLib.geometry import PatchFrame, Volume, axis_map
+from SAMMed3DLib.geometry import PatchFrame, Volume, axis_map, interpolate_along, linear_weights
 
 CT_RANGE = (-1000.0, 1000.0)
 CT_AIR_HU = -200.0  # well below any MR intensity after the usual (non-negative or z-scored) scaling
@@ -42,10 +42,8 @@ def resample_into(volume: Volume, frame: PatchFrame, interpolation: str = "linea
             low = np.clip(np.floor(coords + 0.5), 0, n - 1).astype(np.int64)
             steps.append((axis, low, low, None, inside))
             continue
-        clamped = np.clip(coords, 0, n - 1)
-        low = np.minimum(np.floor(clamped), max(n - 2, 0)).astype(np.int64)
-        high = np.minimum(low + 1, n - 1)
-        steps.append((axis, low, high, (clamped - low).astype(np.float32), inside))
+        low, weight = linear_weights(coords, n)
+        steps.append((axis, low, np.minimum(low + 1, n - 1), weight, inside))
     # Read only the block of voxels the frame touches, then interpolate one axis at a time, the axis that shrinks
     # the data most first (J before I on ties: gathering along the last axis is the slowest).
     block = [slice(None)] * 3
@@ -53,19 +51,13 @@ def resample_into(volume: Volume, frame: PatchFrame, interpolation: str = "linea
         block[axis] = slice(int(low[inside].min()), int(high[inside].max()) + 1)
     values = volume.array[tuple(block)]
     order = sorted(steps, key=lambda step: (len(step[1]) / values.shape[step[0]], step[0]))
-    for axis, low, high, weight, inside in order:
+    for axis, low, _, weight, inside in order:
         start, last = block[axis].start, block[axis].stop - 1 - block[axis].start
-        below = np.take(values, np.clip(low - start, 0, last), axis=axis)
-        if weight is not None:  # below + weight * (above - below), in place
-            shape = [1, 1, 1]
-            shape[axis] = -1
-            above = np.take(values, np.clip(high - start, 0, last), axis=axis).astype(np.float32, copy=False)
-            below = below.astype(np.float32, copy=False)
-            above -= below
-            above *= weight.reshape(shape)
-            above += below
-            below = above
-        values = below
+        low_in_block = np.clip(low - start, 0, last)
+        if weight is None:
+            values = np.take(values, low_in_block, axis=axis)
+        else:
+            values = interpolate_along(values, axis, low_in_block, weight)
         if not inside.all():
             outside = [slice(None)] * 3
             outside[axis] = ~inside
