@@ -85,17 +85,13 @@ class RelPosAttention(nn.Module):
         if padded:
             query_parts.append(self._padding_bias(term_d, term_h, term_w, grid))
             key_parts.append(torch.zeros_like(key_parts[0][..., :1]))
-            _, k_pad, v_pad = self.qkv.bias.view(3, 1, heads, 1, head_dim).expand(3, batch, heads, 1, head_dim)
-            feature_count = head_dim + grid + grid * grid
-            padding_key = torch.cat(
-                [k_pad, k_pad.new_zeros(batch, heads, 1, feature_count - head_dim), k_pad.new_ones(batch, heads, 1, 1)],
-                dim=-1,
-            )
-            values = torch.cat([values, v_pad], dim=2)
         queries = torch.cat([part.reshape(batch, heads, tokens, -1) for part in query_parts], dim=-1)
         keys = torch.cat(key_parts, dim=-1)
-        if padded:
-            keys = torch.cat([keys, padding_key], dim=2)
+        if padded:  # one more key: the padded tokens' shared key and value, and 1 for the padding feature
+            _, k_pad, v_pad = self.qkv.bias.view(3, 1, heads, 1, head_dim).expand(3, batch, heads, 1, head_dim)
+            others = keys.new_zeros(batch, heads, 1, keys.shape[-1] - head_dim - 1)
+            keys = torch.cat([keys, torch.cat([k_pad, others, torch.ones_like(k_pad[..., :1])], dim=-1)], dim=2)
+            values = torch.cat([values, v_pad], dim=2)
         # One width for queries, keys and values (zero features add nothing), a multiple of 8: torch's fused
         # attention kernels need both, and its fallback for unequal widths is over twice as slow on CPU.
         width = (queries.shape[-1] + 7) // 8 * 8  # non-negative: traced, ONNX integer division truncates
