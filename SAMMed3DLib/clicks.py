@@ -45,7 +45,8 @@ def _uniform(region: np.ndarray, rng: np.random.Generator) -> tuple[int, int, in
     return tuple(int(i) for i in np.unravel_index(flat[rng.integers(len(flat))], region.shape))
 
 
-def _interior(region: np.ndarray, spacing: Optional[tuple[float, float, float]]) -> tuple[int, int, int]:
+def interior_voxel(region: np.ndarray, spacing: Optional[tuple[float, float, float]] = None) -> tuple[int, int, int]:
+    """The voxel of `region` farthest from its border (the array's edge counts as border), in mm with `spacing`."""
     from scipy.ndimage import distance_transform_edt
 
     distance = distance_transform_edt(np.pad(region, 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
@@ -81,7 +82,7 @@ def next_click(
         false_negative, fn_count = truth, int(truth.sum())
     if protocol == "ritm":
         positive = fn_count >= fp_count
-        return Click(_interior(false_negative if positive else false_positive, spacing), positive)
+        return Click(interior_voxel(false_negative if positive else false_positive, spacing), positive)
     if rng is None:
         raise ValueError("the random click protocol needs a numpy Generator (rng)")
     index = _uniform(false_negative | false_positive, rng)

@@ -18,6 +18,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from SAMMed3DLib.clicks import interior_voxel
 from SAMMed3DLib.geometry import (
     LOGITS_SIZE,
     PatchFrame,
@@ -305,12 +306,9 @@ def _margin(frame: PatchFrame, ras) -> float:
 
 def _interior_point(mask: np.ndarray, patch_size: int) -> Optional[np.ndarray]:
     """The patch coordinates of the interior-most voxel of a coarse (32^3) mask (None if empty)."""
-    from scipy import ndimage
-
     if not mask.any():
         return None
-    distance = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1, 1:-1]
-    coarse = np.array(np.unravel_index(np.argmax(distance), mask.shape), dtype=np.float64)
+    coarse = np.array(interior_voxel(mask), dtype=np.float64)
     factor = patch_size / mask.shape[0]
     return (coarse * factor + (factor - 1) / 2)[None]
 
