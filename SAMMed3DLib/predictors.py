@@ -11,11 +11,12 @@ from typing import TYPE_CHECKING, Any, Optional, Protocol, Tuple
 import numpy as np
 
 from SAMMed3DLib.errors import SAMMed3DError
+from SAMMed3DLib.geometry import LOGITS_SIZE
 
 if TYPE_CHECKING:
     import torch
 
-LOGITS_SHAPE = (1, 1, 32, 32, 32)
+LOGITS_SHAPE = (1, 1) + (LOGITS_SIZE,) * 3
 DEVICES = ("auto", "cpu", "cuda", "mps")  # the names `select_device` takes
 
 
@@ -55,7 +56,7 @@ def select_device(name: str = "auto") -> torch.device:
                 "device 'mps' is not available (needs Apple silicon and a torch build with MPS); use 'cpu' or 'auto'"
             )
         return torch.device("mps")
-    raise SAMMed3DError(f"unknown device {name!r}; choose auto, cpu, cuda or mps")
+    raise SAMMed3DError(f"unknown device {name!r}; choose {', '.join(DEVICES)}")
 
 
 class TorchPredictor:
