@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 LOGITS_SHAPE = (1, 1) + (LOGITS_SIZE,) * 3
 DEVICES = ("auto", "cpu", "cuda", "mps")  # the names `select_device` takes
+BACKENDS = {"torch": "PyTorch", "onnx": "ONNX Runtime"}  # the names `load_predictor` takes -> what they run on
 
 
 class Predictor(Protocol):
@@ -88,6 +89,22 @@ class TorchPredictor:
                 multimask=False,
             )
         return logits.float().cpu().numpy(), iou.float().cpu().numpy()
+
+
+def load_predictor(backend: str, model: Any, device: str = "auto") -> Tuple[Predictor, str]:
+    """A backend's predictor and the device it runs on: "torch" reads a checkpoint file onto `device`, "onnx" an
+    export folder with the ONNX Runtime providers `device` asks for."""
+    if backend == "onnx":
+        from SAMMed3DLib.onnx_backend import OnnxPredictor
+
+        predictor = OnnxPredictor(model, providers=device)
+        return predictor, "cuda" if "CUDAExecutionProvider" in predictor.providers else "cpu"
+    if backend != "torch":
+        raise SAMMed3DError(f"unknown backend {backend!r}; choose {', '.join(BACKENDS)}")
+    from SAMMed3DLib.model import load_sam_med3d
+
+    torch_device = select_device(device)
+    return TorchPredictor(load_sam_med3d(model, torch_device), torch_device), str(torch_device)
 
 
 class ThresholdPredictor:

@@ -16,9 +16,8 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 from SAMMed3DLib import weights
 from SAMMed3DLib.errors import SAMMed3DError
-from SAMMed3DLib.predictors import DEVICES
+from SAMMed3DLib.predictors import BACKENDS, DEVICES, load_predictor
 
-BACKENDS = {"torch": "PyTorch", "onnx": "ONNX Runtime"}
 LOCAL_FILE = "local file"  # the model choice that reads `local_path` instead of a registry entry
 
 # import name -> pip requirement, for the packages SAMMed3DLib imports that Slicer does not ship.
@@ -130,16 +129,7 @@ def model_file(settings: ModelSettings) -> Optional[Path]:
 def create_predictor(settings: ModelSettings, path: Path):
     """The predictor for the settings and a model file: (predictor, device name)."""
     settings.validated()
-    if settings.backend == "onnx":
-        from SAMMed3DLib.onnx_backend import OnnxPredictor
-
-        predictor = OnnxPredictor(path, providers=settings.device)
-        return predictor, "cuda" if "CUDAExecutionProvider" in predictor.providers else "cpu"
-    from SAMMed3DLib.model import load_sam_med3d
-    from SAMMed3DLib.predictors import TorchPredictor, select_device
-
-    device = select_device(settings.device)
-    return TorchPredictor(load_sam_med3d(path, device=device), device), str(device)
+    return load_predictor(settings.backend, path, settings.device)
 
 
 def status_text(backend: str, device: str, timings: Optional[Mapping[str, float]] = None) -> str:

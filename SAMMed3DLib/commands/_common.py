@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from SAMMed3DLib.predictors import DEVICES
-
-BACKENDS = ("torch", "onnx")
+from SAMMed3DLib.predictors import BACKENDS, DEVICES
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,14 +25,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_predictor(args: argparse.Namespace) -> Any:
     """The predictor the options ask for; a user error (missing file, not a checkpoint) raises SAMMed3DError."""
-    if args.backend == "onnx":
-        from SAMMed3DLib.onnx_backend import OnnxPredictor
-
-        return OnnxPredictor(args.checkpoint, providers=args.device)
     from SAMMed3DLib import weights
-    from SAMMed3DLib.model import load_sam_med3d
-    from SAMMed3DLib.predictors import TorchPredictor, select_device
+    from SAMMed3DLib.predictors import load_predictor
 
-    path = weights.resolve(args.checkpoint)
-    device = select_device(args.device)
-    return TorchPredictor(load_sam_med3d(path, device), device)
+    model = args.checkpoint if args.backend == "onnx" else weights.resolve(args.checkpoint)
+    return load_predictor(args.backend, model, args.device)[0]
