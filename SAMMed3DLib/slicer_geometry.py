@@ -16,8 +16,9 @@ import numpy as np
 import vtk
 from vtk.util import numpy_support
 
+from SAMMed3DLib.geometry import Region
+
 Extent = Tuple[int, int, int, int, int, int]  # VTK order: i0, i1, j0, j1, k0, k1 (inclusive)
-Region = Tuple[slice, slice, slice]  # K, J, I slices of an array
 
 
 def extent_shape(extent: Sequence[int]) -> Tuple[int, int, int]:
