@@ -88,12 +88,15 @@ class Volume:
         ijk = self.ras_to_ijk_points(ras)[0]
         return bool(np.all(ijk >= -0.5) and np.all(ijk <= np.asarray(self.shape_ijk) - 0.5))
 
-    def extent_ras(self) -> Tuple[np.ndarray, np.ndarray]:
-        """Lowest and highest RAS coordinates of the volume's corners (the outer faces of its voxels)."""
+    def corners_ras(self) -> np.ndarray:
+        """(8,3) RAS points of the volume's outer corners (the outer faces of its voxels)."""
         corners = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], dtype=np.float64)
-        corners = corners * np.asarray(self.shape_ijk) - 0.5
-        ras = self.ijk_to_ras_points(corners)
-        return ras.min(axis=0), ras.max(axis=0)
+        return self.ijk_to_ras_points(corners * np.asarray(self.shape_ijk) - 0.5)
+
+    def extent_ras(self) -> Tuple[np.ndarray, np.ndarray]:
+        """Lowest and highest RAS coordinates of the volume's corners."""
+        corners = self.corners_ras()
+        return corners.min(axis=0), corners.max(axis=0)
 
     @classmethod
     def from_sitk(cls, image) -> Volume:

@@ -131,9 +131,7 @@ def canonical_grid(image: Volume, volumes: Sequence[Volume], interpolation: Sequ
     from SAMMed3DLib.preprocess import resample_into
 
     base = patch_frame(image, image.ijk_to_ras_points(np.zeros(3))[0], size=tile)
-    corners = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], dtype=np.float64)
-    corners = image.ijk_to_ras_points(corners * np.asarray(image.shape_ijk) - 0.5)
-    inside = base.to_patch(corners)
+    inside = base.to_patch(image.corners_ras())
     first = np.floor(inside.min(axis=0) + 0.5).astype(np.int64)
     shape = tuple(int(n) for n in np.ceil(inside.max(axis=0) - 0.5).astype(np.int64) - first + 1)
     grids = [np.zeros(shape, dtype=np.float32 if mode == "linear" else v.array.dtype)
