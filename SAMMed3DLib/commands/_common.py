@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from SAMMed3DLib.predictors import BACKENDS, DEVICES
+from SAMMed3DLib.session import MODALITIES
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,7 +19,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", choices=DEVICES, default="auto", help="where torch runs (default: auto)")
     group.add_argument("--backend", choices=BACKENDS, default="torch", help="torch (default) or onnx (ONNX Runtime)")
     group.add_argument(
-        "--modality", choices=("auto", "ct", "mr"), default="auto",
+        "--modality", choices=MODALITIES, default="auto",
         help="CT intensities are clamped to [-1000, 1000] before normalising (default: decided from the data)",
     )
 

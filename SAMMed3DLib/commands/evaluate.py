@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import List
 
+from SAMMed3DLib.clicks import PROTOCOLS
 from SAMMed3DLib.commands import _common
 from SAMMed3DLib.commands._common import add_model_arguments
 
@@ -51,7 +52,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", required=True, type=Path, metavar="DIR", help="folder of label images")
     parser.add_argument("--output", required=True, type=Path, metavar="DIR", help="folder for the results")
     parser.add_argument("--clicks", type=_positive, default=10, metavar="N", help="clicks per object (default: 10)")
-    parser.add_argument("--protocol", choices=("random", "ritm"), default="random",
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="random",
                         help="click simulation (default: random, the paper's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the click simulation (default: 0)")
     parser.add_argument("--labels-only", type=_label_list, metavar="1,2,...", help="evaluate only these label values")
