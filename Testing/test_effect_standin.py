@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import slicer_standin
 
+from SAMMed3DLib.metrics import dice
 from SAMMed3DLib.predictors import ThresholdPredictor
 from SAMMed3DLib.synthetic import SHAPE, SPACING, letter_and_ball, rotation
 
@@ -49,10 +50,6 @@ def editor(request):
         yield effect, scene
 
 
-def _dice(mask, truth):
-    return 2 * (mask.astype(bool) & truth).sum() / (mask.astype(bool).sum() + truth.sum())
-
-
 def _centroid_world(scene, mask):
     k, j, i = np.nonzero(mask)
     return scene.voxel_to_world((k.mean(), j.mean(), i.mean()))
@@ -64,7 +61,7 @@ def test_click_lands_on_the_voxel_and_the_result_in_place(editor):
     assert effect.addClick(scene.voxel_to_world(clicked), True)
     mask = scene.segments["A"]
     assert mask[clicked] == 1
-    assert _dice(mask, scene.letter_l) >= 0.9
+    assert dice(mask, scene.letter_l) >= 0.9
     assert np.linalg.norm(_centroid_world(scene, mask) - _centroid_world(scene, scene.letter_l)) < 2.0
     assert mask[scene.ball].sum() == 0 and scene.segments["B"].sum() == 0
     # One undo state, the first encode behind a progress dialog that was closed, and a status line.
@@ -129,11 +126,11 @@ def test_switching_segments_keeps_prompts_apart(editor):
     include = scene.scene.by_name("SAM-Med3D include")
     assert include.GetNumberOfControlPoints() == 0
     assert effect.addClick(scene.voxel_to_world((15, 72, 62)), True)
-    assert _dice(scene.segments["B"], scene.ball) >= 0.9
+    assert dice(scene.segments["B"], scene.ball) >= 0.9
     assert include.GetDisplayNode().selected_color == (0.2, 0.6, 0.9)
     effect.undoClick()  # B's click, not A's
     assert scene.segments["B"].sum() == 0
-    assert _dice(scene.segments["A"], scene.letter_l) >= 0.9
+    assert dice(scene.segments["A"], scene.letter_l) >= 0.9
     scene.editor_node.SetSelectedSegmentID("A")
     effect.updateGUIFromMRML()
     assert include.GetNumberOfControlPoints() == 1

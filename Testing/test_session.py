@@ -13,6 +13,7 @@ from geometry_cases import LPS, OBLIQUE, PERMUTED_FLIPPED, affine
 
 from SAMMed3DLib.errors import SAMMed3DError
 from SAMMed3DLib.geometry import Volume, frame_region, patch_frame
+from SAMMed3DLib.metrics import dice
 from SAMMed3DLib.predictors import ThresholdPredictor, select_device
 from SAMMed3DLib.session import InteractiveSession
 
@@ -44,10 +45,6 @@ def synthetic(directions, spacing, dtype=np.int16, extent_mm=120.0, center_ijk=N
     truth = asymmetric_object(ras, center)
     bright, dim = (200, 20) if dtype == np.uint8 else (600, 100)
     return Volume(np.where(truth, bright, dim).astype(dtype), geometry.ijk_to_ras), truth, center, ras
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
 
 
 def assert_segmented(mask: np.ndarray, truth: np.ndarray, ras: np.ndarray) -> None:
