@@ -1,8 +1,8 @@
 """SAM-Med3D module: the model panel (checkpoint, backend, device, dependencies) and the logic that the Segment Editor
 effect "SAM-Med3D" shares with it. Segmentation itself happens in the Segment Editor; see SegmentEditorSAMMed3DLib.
 
-Everything that can be plain Python lives in SAMMed3DLib (slicer_setup, slicer_prompts, slicer_geometry), tested
-without Slicer; this file only connects it to Qt, the application settings and the user's consent.
+Everything that can be plain Python lives in SAMMed3DLib.slicer (setup, prompts, geometry, messages), tested without
+Slicer; this file only connects it to Qt, the application settings and the user's consent.
 """
 
 import logging
@@ -17,8 +17,9 @@ from slicer.ScriptedLoadableModule import (
 )
 
 from SAMMed3DLib import weights
-from SAMMed3DLib.errors import SAMMed3DError
-from SAMMed3DLib.slicer_setup import (
+from SAMMed3DLib.errors import NotDownloadable, SAMMed3DError
+from SAMMed3DLib.slicer.messages import user_message
+from SAMMed3DLib.slicer.setup import (
     BACKENDS,
     DEVICES,
     LOCAL_FILE,
@@ -112,7 +113,7 @@ class SAMMed3DWidget(ScriptedLoadableModuleWidget):
             path = model_file(settings)
             text = f"Model: {path}" if path else "Model: not downloaded yet (downloaded on first use, or now)"
         except SAMMed3DError as error:
-            path, text = None, str(error)
+            path, text = None, user_message(error)
         self.ui.downloadButton.enabled = not local and path is None
         torchMissing, pip = missing_packages(settings.backend)
         missing = (["torch"] if torchMissing else []) + pip
@@ -121,13 +122,17 @@ class SAMMed3DWidget(ScriptedLoadableModuleWidget):
         self.ui.modelStatusLabel.text = text
 
     def onDownload(self):
-        with slicer.util.tryWithErrorDisplay("Failed to download the model.", waitCursor=False):
+        try:
             self.logic.ensureModelFile(self.logic.settings().validated())
+        except SAMMed3DError as error:
+            slicer.util.errorDisplay(user_message(error), windowTitle="SAM-Med3D")
         self.updateStatus()
 
     def onInstall(self):
-        with slicer.util.tryWithErrorDisplay("Failed to install the packages SAM-Med3D needs.", waitCursor=True):
+        try:
             self.logic.ensureDependencies(self.logic.settings().backend, askAgain=True)
+        except SAMMed3DError as error:
+            slicer.util.errorDisplay(user_message(error), windowTitle="SAM-Med3D")
         self.updateStatus()
 
 
@@ -148,12 +153,10 @@ class SAMMed3DLogic(ScriptedLoadableModuleLogic):
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
-        self._predictor = None
-        self._predictorSettings = None
+        self._predictor = None  # the loaded Predictor, or the one set with setPredictor
+        self._loadedSettings = None  # the ModelSettings `_predictor` was loaded for; None for a set one
         self._downloads = {}  # registry name -> BackgroundDownload, kept while it runs (a cancelled dialog)
         self._dependenciesDeclined = False
-        self.backend = ""
-        self.device = ""
 
     # -- settings ----------------------------------------------------------------------------------------------
 
@@ -204,10 +207,7 @@ class SAMMed3DLogic(ScriptedLoadableModuleLogic):
             return path
         entry = weights.find(settings.model)
         if entry.url is None:
-            raise SAMMed3DError(
-                f"The '{entry.name}' checkpoint is only offered at {entry.page}. Download it with a web browser, "
-                "then choose 'Local file' in the SAM-Med3D module."
-            )
+            raise NotDownloadable(entry.name, entry.page)
         download = self._downloads.get(entry.name)
         if download is None or download.done:
             size = f" (about {entry.size // 1_000_000} MB)" if entry.size else ""
@@ -234,32 +234,30 @@ class SAMMed3DLogic(ScriptedLoadableModuleLogic):
 
     # -- predictor ---------------------------------------------------------------------------------------------
 
-    def setPredictor(self, predictor, backend="", device=""):
+    def setPredictor(self, predictor):
         """Use this predictor instead of loading the configured model (self-tests: the threshold oracle);
         None goes back to the configured model."""
-        self._predictor, self._predictorSettings = predictor, ("fixed" if predictor is not None else None)
-        self.backend, self.device = backend, device
+        self._predictor, self._loadedSettings = predictor, None
 
     def predictor(self):
         """The configured model, loaded once; sets up dependencies and downloads on first use."""
-        if self._predictorSettings == "fixed":
+        if self._predictor is not None and self._loadedSettings is None:  # set with setPredictor
             return self._predictor
         settings = self.settings().validated()
-        if self._predictor is None or self._predictorSettings != settings:
+        if self._predictor is None or self._loadedSettings != settings:
             self.ensureDependencies(settings.backend)
             path = self.ensureModelFile(settings)
             with slicer.util.WaitCursor():
                 slicer.util.showStatusMessage("SAM-Med3D: loading the model...")
-                predictor, device = create_predictor(settings, path)
-            logging.info(f"SAM-Med3D: loaded {path} with {settings.backend} on {device}")
-            self._predictor, self._predictorSettings = predictor, settings
-            self.backend, self.device = settings.backend, device
+                predictor = create_predictor(settings, path)
+            logging.info(f"SAM-Med3D: loaded {path}: {predictor.label}")
+            self._predictor, self._loadedSettings = predictor, settings
         return self._predictor
 
     def statusText(self, timings=None):
-        if not self.backend:
+        if self._predictor is None:
             return "Model not loaded yet: the first click loads it."
-        return status_text(self.backend, self.device, timings)
+        return status_text(self._predictor, timings)
 
 
 class SAMMed3DTest(ScriptedLoadableModuleTest):
@@ -289,7 +287,7 @@ class SAMMed3DTest(ScriptedLoadableModuleTest):
             model_file(logic.settings())
 
     def test_fixed_predictor_and_status(self):
-        from SAMMed3DLib.predictors import ThresholdPredictor
+        from SAMMed3DLib.testing.oracle import ThresholdPredictor
 
         logic = SAMMed3DLogic()
         self.assertIn("not loaded", logic.statusText())

@@ -12,11 +12,13 @@ __version__ = "0.1.0"
 
 # Public name -> module that defines it.
 _PUBLIC = {
-    "Volume": "geometry",
-    "InteractiveSession": "session",
-    "Prediction": "session",
-    "TorchPredictor": "predictors",
-    "OnnxPredictor": "onnx_backend",
+    "Volume": "interactive.geometry",
+    "InteractiveSession": "interactive.session",
+    "Prediction": "interactive.session",
+    "Click": "interactive.session",
+    "TorchPredictor": "backends.torch_predictor",
+    "OnnxPredictor": "backends.onnx_predictor",
+    "load_predictor": "backends.predictor",
 }
 
 __all__ = ["__version__", *_PUBLIC]

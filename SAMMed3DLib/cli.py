@@ -9,6 +9,7 @@ import sys
 from typing import Optional, Sequence
 
 from SAMMed3DLib import __version__
+from SAMMed3DLib.commands.messages import terminal_message
 from SAMMed3DLib.errors import SAMMed3DError
 
 # Subcommand name -> module in SAMMed3DLib.commands.
@@ -52,7 +53,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (SAMMed3DError, ValueError, OSError) as error:
         if os.environ.get("SAMMED3D_DEBUG"):
             raise
-        print(f"sammed3d {args.command}: error: {error}", file=sys.stderr)
+        print(f"sammed3d {args.command}: error: {terminal_message(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"sammed3d {args.command}: interrupted", file=sys.stderr)

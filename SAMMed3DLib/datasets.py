@@ -6,12 +6,24 @@ One reading of them for evaluation and fine-tuning, so both pair the same files 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from SAMMed3DLib.errors import SAMMed3DError
 
 IMAGE_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One image/label file pair. `modality`: "ct" or "mr" from a dataset.json, else "auto" (decided from the
+    voxels when the image is read)."""
+
+    name: str
+    image: Path
+    label: Path
+    modality: str = "auto"
 
 
 def image_stem(path: Path) -> Optional[str]:
@@ -34,18 +46,20 @@ def image_files(folder: Path) -> Dict[str, Path]:
     return found
 
 
-def pair(images: Path, labels: Path) -> Tuple[List[Tuple[str, Path, Path]], List[str]]:
-    """(case name, image, label) for every label file `NAME.ext` whose image is nnU-Net's channel 0 `NAME_0000.ext`
-    or, failing that, `NAME.ext`; and the names of the label files that have neither."""
+def pair(images: Path, labels: Path) -> Tuple[List[Case], List[str]]:
+    """A `Case` for every label file `NAME.ext` whose image is nnU-Net's channel 0 `NAME_0000.ext` or, failing that,
+    `NAME.ext` (modality from a dataset.json beside the folders); and the names of the label files that have
+    neither."""
     image_by_stem = image_files(images)
-    pairs, unmatched = [], []
+    found = modality(labels, images)
+    cases, unmatched = [], []
     for name, label in image_files(labels).items():
         image = image_by_stem.get(f"{name}_0000") or image_by_stem.get(name)
         if image is None:
             unmatched.append(name)
         else:
-            pairs.append((name, image, label))
-    return pairs, unmatched
+            cases.append(Case(name, image, label, found))
+    return cases, unmatched
 
 
 def read_dataset_json(*folders: Path) -> Tuple[Optional[Path], Dict[str, Any]]:

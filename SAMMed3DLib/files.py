@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import IO, Any, Callable, Iterator
 
 
 @contextmanager
@@ -24,3 +25,17 @@ def atomic_path(path: Path, suffix: str = "") -> Iterator[Path]:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def write_atomic(path: Path, write: Callable[[IO[Any]], None], binary: bool = False) -> None:
+    """Call `write(stream)` on a stream to a temporary file that replaces `path` when it returns (`atomic_path`);
+    text is UTF-8 with newlines as written."""
+    with atomic_path(path) as temporary, open(
+        temporary, "wb" if binary else "w", newline=None if binary else "", encoding=None if binary else "utf-8"
+    ) as stream:
+        write(stream)
+
+
+def write_json(path: Path, content: Any) -> None:
+    """`content` as indented JSON, atomically."""
+    write_atomic(path, lambda stream: json.dump(content, stream, indent=2))

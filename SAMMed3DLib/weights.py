@@ -1,4 +1,4 @@
-"""Published SAM-Med3D checkpoints: a registry, a verified download cache, and `--checkpoint PATH_OR_NAME` resolution.
+"""Published SAM-Med3D checkpoints: a registry, a verified download cache, and resolving a path or a name to a file.
 
 A file enters the cache (`$SAMMED3D_HOME/weights`, default a per-user data folder) only after its SHA256 matched,
 by an atomic rename of the finished `.part` file, so a file in the cache is trusted and never downloaded twice.
@@ -19,10 +19,23 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
-from SAMMed3DLib.errors import SAMMed3DError
+from SAMMed3DLib.errors import (
+    CacheConflict,
+    CheckpointNotFound,
+    CheckpointOffline,
+    ChecksumMismatch,
+    ChecksumUnknown,
+    DownloadFailed,
+    DownloadInterrupted,
+    InvalidChecksum,
+    NotDownloadable,
+    SAMMed3DError,
+)
 from SAMMed3DLib.files import atomic_path
+
+Progress = Callable[[int, Optional[int]], None]  # (bytes received, total bytes or None while unknown)
 
 # File formats of checkpoints in the cache (imported files keep theirs: the loader reads by suffix).
 CHECKPOINT_SUFFIXES = (".pth", ".safetensors")
@@ -122,7 +135,7 @@ def _normalise_hash(sha256: Optional[str]) -> Optional[str]:
         return None
     value = sha256.strip().lower()
     if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
-        raise SAMMed3DError(f"--sha256 {sha256!r} is not a SHA256 hash (64 hexadecimal digits)")
+        raise InvalidChecksum(sha256)
     return value
 
 
@@ -140,91 +153,107 @@ def _imported_filename(name: str, suffix: str) -> str:
     return name if name.endswith(suffix) else f"{name}{suffix}"
 
 
-def _offline_message(url: str, reason: object) -> str:
-    return (
-        f"cannot download {url} ({reason}). If this machine is offline, download the file on one that is online "
-        f"and run `sammed3d weights import FILE` here"
-    )
+@dataclass(frozen=True)
+class Source:
+    """What a download fetches and what it must be: the URL, the cache's file name, the expected SHA256 (None where
+    nobody published one) and the size the host shows (approximate, None if unknown)."""
+
+    url: str
+    filename: str
+    sha256: Optional[str]
+    size: Optional[int] = None
+
+    @property
+    def target(self) -> Path:
+        """Where the verified file lives in the cache."""
+        return cache_dir() / self.filename
+
+    @property
+    def part(self) -> Path:
+        """Where the download grows until it is verified (a later download resumes from it)."""
+        return self.target.with_name(self.filename + ".part")
+
+
+def source(name_or_url: str, sha256: Optional[str] = None) -> Source:
+    """The download a registry name or a URL stands for. The SHA256 is the registry's, or `sha256`; a URL whose
+    file name is a published checkpoint's (a mirror) gets that checkpoint's published hash."""
+    expected = _normalise_hash(sha256)
+    entry = find(name_or_url)
+    if entry is not None:
+        if entry.url is None:
+            raise NotDownloadable(entry.name, entry.page)
+        if expected and entry.sha256 and expected != entry.sha256:
+            raise SAMMed3DError(
+                f"the SHA256 asked for ({expected}) differs from the published hash of {entry.name!r} ({entry.sha256})"
+            )
+        return Source(entry.url, entry.filename, expected or entry.sha256, entry.size)
+    parsed = urllib.parse.urlparse(name_or_url)
+    if parsed.scheme not in ("http", "https") or not parsed.path.rstrip("/"):
+        known = ", ".join(e.name for e in REGISTRY)
+        raise SAMMed3DError(f"{name_or_url!r} is neither a known checkpoint ({known}) nor an http(s) URL of a file")
+    filename = Path(parsed.path.rstrip("/")).name
+    entry = find(filename)
+    if entry is not None and entry.sha256:
+        if expected and expected != entry.sha256:
+            raise SAMMed3DError(
+                f"{filename} is the name of the published {entry.name!r} checkpoint, whose SHA256 is "
+                f"{entry.sha256}, not {expected}"
+            )
+        return Source(name_or_url, filename, entry.sha256, entry.size)
+    return Source(name_or_url, filename, expected)
 
 
 def download(
     name_or_url: str,
     sha256: Optional[str] = None,
+    on_progress: Optional[Progress] = None,
+    **options: float,
+) -> Path:
+    """Download a registry checkpoint or a URL into the cache and return its path: `fetch(source(...))`."""
+    return fetch(source(name_or_url, sha256), on_progress, **options)
+
+
+def fetch(
+    wanted: Source,
+    on_progress: Optional[Progress] = None,
     retries: int = 3,
-    progress: bool = True,
     timeout: float = 30.0,
     retry_delay: float = 2.0,
 ) -> Path:
-    """Download a registry checkpoint or a URL into the cache and return its path.
+    """The verified file for `wanted` in the cache, downloaded (or resumed) if it is not there yet.
 
-    The SHA256 is the registry's, or `sha256`; a download without any expected hash is kept as `.part` (so a
-    re-run with `--sha256` needs no second transfer) and refused with the hash it computed. A mismatch deletes
-    the `.part` file: nothing is left in the cache.
+    `on_progress(received, total)` is called as bytes arrive (total None while unknown). A download without any
+    expected hash is kept as `.part` (so trusting its hash later needs no second transfer) and refused with the hash
+    it computed (`ChecksumUnknown`). A mismatch deletes the `.part` file: nothing is left in the cache.
     """
-    expected = _normalise_hash(sha256)
-    entry = find(name_or_url)
-    if entry is not None:
-        if entry.url is None:
-            raise SAMMed3DError(
-                f"checkpoint {entry.name!r} is only offered at {entry.page}; download it in a browser, then run "
-                f"`sammed3d weights import FILE --name {entry.name}`"
-            )
-        if expected and entry.sha256 and expected != entry.sha256:
-            raise SAMMed3DError(f"--sha256 differs from the registry's hash of {entry.name!r} ({entry.sha256})")
-        url, filename, expected = entry.url, entry.filename, expected or entry.sha256
-    else:
-        parsed = urllib.parse.urlparse(name_or_url)
-        if parsed.scheme not in ("http", "https") or not parsed.path.rstrip("/"):
-            known = ", ".join(e.name for e in REGISTRY)
-            raise SAMMed3DError(f"{name_or_url!r} is neither a known checkpoint ({known}) nor an http(s) URL of a file")
-        url, filename = name_or_url, Path(parsed.path.rstrip("/")).name
-        entry = find(filename)  # a mirror of a published checkpoint: its published hash applies
-        if entry is not None and entry.sha256:
-            if expected and expected != entry.sha256:
-                raise SAMMed3DError(
-                    f"{filename} is the name of the published {entry.name!r} checkpoint, whose SHA256 is "
-                    f"{entry.sha256}, not {expected}"
-                )
-            expected = entry.sha256
-
-    target = cache_dir() / filename
+    target, part, expected = wanted.target, wanted.part, wanted.sha256
     if target.is_file():
         cached_hash = sha256_of(target) if expected else None
         if cached_hash not in (None, expected):
-            raise SAMMed3DError(
-                f"the cache already holds a different {filename} (SHA256 {cached_hash}, not {expected}); "
-                f"remove {target} or import the other file under another --name"
-            )
+            raise CacheConflict(target, cached_hash, expected)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    part = target.with_name(target.name + ".part")
-    size = entry.size if entry else None
     for attempt in range(retries):
         try:
-            _fetch(url, part, progress, timeout, size)
+            _fetch(wanted.url, part, on_progress, timeout, wanted.size)
             break
         except urllib.error.URLError as error:  # no connection at all: offline, DNS, proxy
-            raise SAMMed3DError(_offline_message(url, error.reason)) from None
+            raise CheckpointOffline(wanted.url, error.reason) from None
         except (OSError, EOFError, http.client.HTTPException) as error:  # dropped or timed out: resume
             if attempt + 1 == retries:
-                raise SAMMed3DError(
-                    f"download of {url} interrupted ({error}); run the same command again to resume"
-                ) from None
+                raise DownloadInterrupted(wanted.url, error, part) from None
             time.sleep(retry_delay)
     actual = sha256_of(part)
     if expected is None:
-        raise SAMMed3DError(
-            f"no published SHA256 for {url}; the downloaded file's SHA256 is {actual}. If you trust it, run again "
-            f"with --sha256 {actual} (the file is kept, so it is not downloaded again)"
-        )
+        raise ChecksumUnknown(wanted.url, actual, part)
     if actual != expected:
         part.unlink()
-        raise SAMMed3DError(f"SHA256 mismatch for {url}: expected {expected}, got {actual}; nothing was stored")
+        raise ChecksumMismatch(target, expected, actual, source=wanted.url, detail="; nothing was stored")
     os.replace(part, target)  # same folder: readers see the whole file or nothing
     return target
 
 
-def _fetch(url: str, part: Path, progress: bool, timeout: float, size: Optional[int]) -> None:
+def _fetch(url: str, part: Path, on_progress: Optional[Progress], timeout: float, size: Optional[int]) -> None:
     """Append the rest of `url` to `part` (Range request from its current size); complete when this returns."""
     offset = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(url, headers={"User-Agent": "sammed3d", "Accept-Encoding": "identity"})
@@ -235,26 +264,24 @@ def _fetch(url: str, part: Path, progress: bool, timeout: float, size: Optional[
     except urllib.error.HTTPError as error:
         if error.code == 416 and offset:  # the .part file is already complete
             return
-        raise SAMMed3DError(f"cannot download {url}: HTTP {error.code} {error.reason}") from None
+        raise DownloadFailed(url, f"HTTP {error.code} {error.reason}") from None
     with response:
         if offset and response.status != 206:  # the server ignored the range: start over
             offset = 0
         length = response.headers.get("Content-Length")
         total = offset + int(length) if length is not None else size
-        from tqdm import tqdm
-
-        with open(part, "ab" if offset else "wb") as out, tqdm(
-            total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-            desc=part.name[: -len(".part")], file=sys.stderr, disable=not progress, leave=False,
-        ) as bar:
-            received = offset
+        received = offset
+        if on_progress is not None:
+            on_progress(received, total)
+        with open(part, "ab" if offset else "wb") as out:
             while True:
                 chunk = response.read(_CHUNK)
                 if not chunk:
                     break
                 out.write(chunk)
                 received += len(chunk)
-                bar.update(len(chunk))
+                if on_progress is not None:
+                    on_progress(received, total)
         if length is not None and received < total:
             raise EOFError(f"connection closed after {received} of {total} bytes")
 
@@ -269,13 +296,11 @@ def verify(path: Path, sha256: Optional[str] = None) -> tuple[str, Optional[Chec
     actual = sha256_of(path)
     match = next((e for e in REGISTRY if e.sha256 == actual), None)
     if expected is not None and actual != expected:
-        raise SAMMed3DError(f"SHA256 mismatch for {path}: expected {expected}, got {actual}")
+        raise ChecksumMismatch(path, expected, actual)
     same_name = find(path.name)
     if expected is None and same_name is not None and same_name.sha256 and match is None:
-        raise SAMMed3DError(
-            f"{path} is named like the {same_name.name!r} checkpoint but its SHA256 {actual} differs from "
-            f"{same_name.sha256}: the file is damaged or another file; download it again"
-        )
+        raise ChecksumMismatch(path, same_name.sha256, actual,
+                               detail=f" (the published {same_name.name!r} checkpoint): damaged, or another file")
     return actual, match
 
 
@@ -287,10 +312,7 @@ def import_file(path: Path, name: Optional[str] = None, sha256: Optional[str] = 
     actual, match = verify(path, sha256)
     entry = find(name) if name else match
     if entry is not None and entry.sha256 and entry.sha256 != actual:
-        raise SAMMed3DError(
-            f"{path} has SHA256 {actual}, not the published {entry.sha256} of {entry.name!r}; "
-            f"import it under another --name if it is a different checkpoint"
-        )
+        raise ChecksumMismatch(path, entry.sha256, actual, detail=f" (the published {entry.name!r} checkpoint)")
     if entry is None and name is None:
         name = path.stem
     suffix = ".safetensors" if path.suffix == ".safetensors" else ".pth"  # load_sam_med3d reads by suffix
@@ -307,21 +329,19 @@ def import_file(path: Path, name: Optional[str] = None, sha256: Optional[str] = 
     return target
 
 
-def resolve(path_or_name: str, progress: bool = True) -> Path:
-    """A `--checkpoint` value as a local file: an existing path, a cached name, or a registry name downloaded now."""
+def resolve(path_or_name: str, on_progress: Optional[Progress] = None) -> Path:
+    """A checkpoint file for a path or a name: an existing path, a cached name, or a registry name downloaded now
+    (`on_progress` as for `fetch`)."""
     path = Path(path_or_name).expanduser()
     if path.is_file():
         return path
+    known = [e.name for e in REGISTRY]
     if path.exists():
-        raise SAMMed3DError(f"--checkpoint {path_or_name}: is a folder, not a checkpoint file")
+        raise CheckpointNotFound(path_or_name, known, reason="a folder, not a checkpoint file")
     if "/" not in path_or_name and os.sep not in path_or_name:  # a name (or a cached file name)
         hit = cached(path_or_name)
         if hit is not None:
             return hit
         if find(path_or_name) is not None:
-            return download(path_or_name, progress=progress)
-    known = ", ".join(e.name for e in REGISTRY)
-    raise SAMMed3DError(
-        f"--checkpoint {path_or_name}: no such file, and not a checkpoint name ({known}, or one added with "
-        f"`sammed3d weights import FILE --name NAME`)"
-    )
+            return download(path_or_name, on_progress=on_progress)
+    raise CheckpointNotFound(path_or_name, known)

@@ -4,14 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def rotation(axis: int, angle: float) -> np.ndarray:
-    """3x3 rotation by `angle` radians about RAS axis `axis`."""
-    c, s = np.cos(angle), np.sin(angle)
-    a, b = [x for x in range(3) if x != axis]
-    matrix = np.eye(3)
-    matrix[a, a], matrix[a, b], matrix[b, a], matrix[b, b] = c, -s, s, c
-    return matrix
+from SAMMed3DLib.testing.scenes import rotation
 
 
 def affine(directions: np.ndarray, spacing, origin) -> np.ndarray:
@@ -24,4 +17,4 @@ def affine(directions: np.ndarray, spacing, origin) -> np.ndarray:
 
 LPS = np.diag([-1.0, -1.0, 1.0])
 PERMUTED_FLIPPED = np.array([[0.0, 0, -1], [-1, 0, 0], [0, 1, 0]])  # I -> -A, J -> +S, K -> -R
-OBLIQUE = rotation(2, 0.5) @ rotation(0, -0.3) @ PERMUTED_FLIPPED
+OBLIQUE = rotation(2, np.rad2deg(0.5))[:3, :3] @ rotation(0, np.rad2deg(-0.3))[:3, :3] @ PERMUTED_FLIPPED

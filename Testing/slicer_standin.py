@@ -450,16 +450,6 @@ def _util_module(record: Record):
         record.progress.append(dialog)
         return dialog
 
-    @contextlib.contextmanager
-    def tryWithErrorDisplay(message=None, show=True, waitCursor=False):
-        """Shows the error and raises it again, as Slicer's does."""
-        try:
-            yield
-        except Exception as error:
-            record.messages.append(f"{message}\n\n{error}")
-            raise
-
-    util.tryWithErrorDisplay = tryWithErrorDisplay
     util.loadUI = _load_ui
     util.childWidgetVariables = lambda widget: types.SimpleNamespace(**widget.children)
     util.selectModule = record.selected.append

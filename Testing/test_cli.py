@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from random_weights import save_random_checkpoint
 
 from SAMMed3DLib.cli import COMMANDS, main
 from SAMMed3DLib.commands import _common
-from SAMMed3DLib.predictors import ThresholdPredictor
+from SAMMed3DLib.testing.oracle import ThresholdPredictor
+from SAMMed3DLib.testing.random_weights import save_random_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_every_command_has_help_with_examples(capsys):
 
 def test_predict_on_real_mr_with_a_checkpoint_keeps_the_geometry(pyradiomics_data, tiny_checkpoint, tmp_path, capsys):
     """The torch backend, then the ONNX backend on an export of the same checkpoint: same mask."""
-    from SAMMed3DLib.onnx_export import export_checkpoint
+    from SAMMed3DLib.backends.onnx_export import export_checkpoint
 
     image = pyradiomics_data / "brain1_image.nrrd"  # LPS-flipped direction
     click = ["--ijk", "--point", "128", "120", "12", "--device", "cpu"]

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
-from SAMMed3DLib.clicks import Click, next_click, next_clicks
+from SAMMed3DLib.evaluation.clicks import SimulatedClick, next_click, next_clicks
 
 
 def test_first_click_is_uniform_over_the_foreground():
@@ -55,20 +54,21 @@ def test_same_seed_same_clicks_and_a_perfect_prediction_gets_a_harmless_positive
     with pytest.raises(ValueError, match="both empty"):
         next_click(np.zeros((4, 4, 4)), np.zeros((4, 4, 4)), np.random.default_rng(0))
     stray = np.pad(np.ones((1, 1, 1)), ((1, 2),) * 3)
-    assert next_click(np.zeros((4, 4, 4)), stray, np.random.default_rng(0)) == Click((1, 1, 1), False)
+    assert next_click(np.zeros((4, 4, 4)), stray, np.random.default_rng(0)) == SimulatedClick((1, 1, 1), False)
 
 
 def test_ritm_click_is_the_interior_most_voxel_of_the_larger_error_region():
     truth = np.zeros((30, 30, 30), bool)
     truth[2:9, 4:11, 20:27] = True  # a 7^3 cube: its interior-most voxel is its centre
-    assert next_click(truth, None, protocol="ritm") == Click((5, 7, 23), True)
+    assert next_click(truth, None, protocol="ritm") == SimulatedClick((5, 7, 23), True)
     prediction = truth.copy()
     prediction[20:27, 20:27, 2:9] = True  # 343 false-positive voxels, none missing: negative at its centre
     prediction[2:4, 4:11, 20:27] = False  # 98 false negatives: the smaller region
-    assert next_click(truth, prediction, protocol="ritm") == Click((23, 23, 5), False)
+    assert next_click(truth, prediction, protocol="ritm") == SimulatedClick((23, 23, 5), False)
 
 
 def test_batched_clicks_on_torch_masks_match_one_by_one_draws():
+    torch = pytest.importorskip("torch")
     rng = np.random.default_rng(3)
     truth = torch.zeros((4, 1, 16, 16, 16))
     for b in range(4):

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import slicer_standin
 
-from SAMMed3DLib.metrics import dice
-from SAMMed3DLib.predictors import ThresholdPredictor
-from SAMMed3DLib.synthetic import SHAPE, SPACING, letter_and_ball, rotation
+from SAMMed3DLib.evaluation.metrics import dice
+from SAMMed3DLib.testing.oracle import ThresholdPredictor
+from SAMMed3DLib.testing.scenes import SHAPE, SPACING, letter_and_ball, rotation
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,7 +41,7 @@ def editor(request):
         effect_module = importlib.util.module_from_spec(module_spec)
         module_spec.loader.exec_module(effect_module)
         logic = sys.modules["SAMMed3D"].SAMMed3DLogic.shared()
-        logic.setPredictor(ThresholdPredictor(), "threshold oracle", "cpu")
+        logic.setPredictor(ThresholdPredictor())
         effect = effect_module.SegmentEditorEffect(scene.host)
         effect.setupOptionsFrame()
         effect.setMRMLDefaults()
@@ -67,7 +67,7 @@ def test_click_lands_on_the_voxel_and_the_result_in_place(editor):
     # One undo state, the first encode behind a progress dialog that was closed, and a status line.
     assert len(scene.host.undo_states) == 1
     assert len(scene.progress) == 1 and scene.progress[0].closed
-    assert effect.statusLabel.text.startswith("threshold oracle on cpu | last click ")
+    assert effect.statusLabel.text.startswith(f"{ThresholdPredictor.label} | last click ")
     assert "encode" in effect.statusLabel.text
     include = scene.scene.by_name("SAM-Med3D include")
     assert include.points == [tuple(scene.voxel_to_world(clicked))]
@@ -157,7 +157,7 @@ def test_model_errors_leave_the_segment_unchanged(editor):
         def decode(self, *args):
             raise RuntimeError("CUDA out of memory")
 
-    effect.logic.setPredictor(Broken(), "torch", "cuda")
+    effect.logic.setPredictor(Broken())
     assert not effect.addClick(scene.voxel_to_world((12, 45, 36)), True)
     assert "CUDA out of memory" in effect.statusLabel.text and "not changed" in effect.statusLabel.text
     assert scene.segments["A"].sum() == 0 and not scene.host.undo_states

@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from random_weights import save_random_checkpoint
 
-from SAMMed3DLib import evaluate as evaluation
 from SAMMed3DLib.cli import main
 from SAMMed3DLib.errors import SAMMed3DError
-from SAMMed3DLib.evaluate import Settings, evaluate, label_names, pair_cases
-from SAMMed3DLib.predictors import ThresholdPredictor
+from SAMMed3DLib.evaluation import runner as evaluation
+from SAMMed3DLib.evaluation.runner import Settings, evaluate, label_names, pair_cases
+from SAMMed3DLib.testing.oracle import ThresholdPredictor
+from SAMMed3DLib.testing.random_weights import save_random_checkpoint
 
 CROPS = {"lung2": (120, 120, 24), "brain1": (100, 100, 25), "brain2": (100, 100, 23)}  # I, J, K voxels
 
@@ -130,9 +130,8 @@ def test_threshold_oracle_gets_high_dice_that_does_not_fall_with_more_clicks(tmp
     (tmp_path / "labels" / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "kidney",
                                                                              "2": "spleen"}}), encoding="utf-8")
     # The interior-most protocol: every click well inside an error region, which the oracle always gets right.
-    settings = Settings(clicks=5, protocol="ritm", checkpoint="oracle")
-    summary = evaluate(ThresholdPredictor(), tmp_path / "images", tmp_path / "labels", tmp_path / "ritm", settings,
-                       progress=False)
+    settings = Settings(click_count=5, protocol="ritm", checkpoint="oracle")
+    summary = evaluate(ThresholdPredictor(), tmp_path / "images", tmp_path / "labels", tmp_path / "ritm", settings)
     assert summary["cases"] == 2
     assert {v["name"] for v in summary["per_label"].values()} == {"kidney", "spleen"}
     means = [summary["per_click"][str(c)]["dice"]["mean"] for c in range(1, 6)]
@@ -145,14 +144,14 @@ def test_threshold_oracle_gets_high_dice_that_does_not_fall_with_more_clicks(tmp
     # The paper's protocol: the first click uniform in the object, later ones uniform in the error region (often on
     # the objects' rims): still a high Dice that does not fall with more clicks.
     paper = evaluate(ThresholdPredictor(), tmp_path / "images", tmp_path / "labels", tmp_path / "paper",
-                     Settings(clicks=5, seed=3, labels_only=[2]), progress=False)
+                     Settings(click_count=5, seed=3, labels_only=[2]))
     assert list(paper["per_label"]) == ["2"]
     means = [paper["per_click"][str(c)]["dice"]["mean"] for c in range(1, 6)]
     assert all(later >= earlier - 0.01 for earlier, later in zip(means, means[1:])), means
     assert all(r["dice"] >= 0.8 for r in evaluation.read_rows(tmp_path / "paper" / "metrics.csv"))
-    with pytest.raises(SAMMed3DError, match=r"no case has a foreground label value among --labels-only \[7\]"):
+    with pytest.raises(SAMMed3DError, match=r"no case has a foreground label value among the label values \[7\]"):
         evaluate(ThresholdPredictor(), tmp_path / "images", tmp_path / "labels", tmp_path / "none",
-                 Settings(clicks=1, labels_only=[7]), progress=False)
+                 Settings(click_count=1, labels_only=[7]))
 
 
 def test_pairing_by_name_nnunet_names_and_dataset_json(tmp_path):
@@ -173,7 +172,7 @@ def test_pairing_by_name_nnunet_names_and_dataset_json(tmp_path):
     (labels / "d.nii.gz").write_bytes(b"")
     with pytest.raises(SAMMed3DError, match="1 label files have no image.*NAME_0000.ext.*: d"):
         pair_cases(images, labels)
-    with pytest.raises(SAMMed3DError, match="--labels .*missing: no such folder"):
+    with pytest.raises(SAMMed3DError, match="the label folder .*missing does not exist"):
         pair_cases(images, images / "missing")
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -188,7 +187,7 @@ def test_label_on_another_grid_is_named(tmp_path):
     sitk.WriteImage(label, str(tmp_path / "labels" / "x.nrrd"))
     with pytest.raises(SAMMed3DError, match="case x: the label x.nrrd does not lie on the image's grid"):
         evaluate(ThresholdPredictor(), tmp_path / "images", tmp_path / "labels", tmp_path / "out",
-                 Settings(clicks=1), progress=False)
+                 Settings(click_count=1))
     assert not (tmp_path / "out" / "metrics.csv").exists()
 
 

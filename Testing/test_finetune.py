@@ -23,10 +23,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from SAMMed3DLib.backends.torch_predictor import select_device
 from SAMMed3DLib.cli import main
 from SAMMed3DLib.errors import SAMMed3DError
-from SAMMed3DLib.geometry import Volume
-from SAMMed3DLib.predictors import select_device
+from SAMMed3DLib.interactive.geometry import Volume
 from SAMMed3DLib.train import data
 from SAMMed3DLib.train.distributed import Context, choose_device
 from SAMMed3DLib.train.loop import BEST, LATEST, LOG, TrainConfig, Trainer, weights_digest
@@ -275,14 +275,14 @@ def test_resume_refuses_a_checkpoint_of_the_reference(spheres, tmp_path, capsys)
                  "--num-workers", "0"])
     message = capsys.readouterr().err
     assert code == 2 and message.count("\n") == 1, message
-    assert f"{output / LATEST} was not written by sammed3d finetune; --resume needs one of its {LATEST}" in message
+    assert f"{output / LATEST} cannot be resumed: it lacks the optimiser and position state" in message
 
 
 def test_device_rules_are_the_predictors(monkeypatch):
     """--device is select_device's choice (one place for the rules), limited to CUDA and the CPU."""
     assert choose_device("cpu") == torch.device("cpu")
     assert choose_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    with pytest.raises(SAMMed3DError, match="unknown --device 'mps'; use auto, cpu or cuda"):
+    with pytest.raises(SAMMed3DError, match="unknown training device 'mps'; the choices are auto, cpu, cuda"):
         choose_device("mps")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SAMMed3DError) as ours:
@@ -299,7 +299,7 @@ def _run_cli(*args, env=None, timeout=300):
 
 def test_user_errors_are_one_line(tmp_path):
     result = _run_cli("finetune", "--data", str(tmp_path / "missing"), "--output", str(tmp_path / "out"))
-    assert result.returncode == 2 and "is not a folder" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "no such folder" in result.stderr and "Traceback" not in result.stderr
     result = _run_cli("finetune", "--data", str(tmp_path), "--output", str(tmp_path / "out"), "--resume",
                       "--device", "cpu")
     assert result.returncode == 2 and "--resume: no sam_model_latest.pth" in result.stderr

@@ -5,18 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 from geometry_cases import OBLIQUE, PERMUTED_FLIPPED, affine
 
 from SAMMed3DLib.errors import SAMMed3DError
-from SAMMed3DLib.geometry import (
-    Volume,
-    canonical_axes,
-    frame_region,
-    paste_logits,
-    paste_mask,
-    patch_frame,
-)
+from SAMMed3DLib.interactive.geometry import Volume, canonical_axes, frame_region, patch_frame
+from SAMMed3DLib.interactive.resample import paste_logits, paste_mask
 
 
 def test_volume_rejects_bad_input():
@@ -156,6 +149,7 @@ def test_frame_region_holds_exactly_the_voxels_inside_the_cube():
 def test_paste_equals_trilinear_upsampling_on_the_patch_grid(directions):
     """On a volume whose grid is the patch grid (any axis order and flips), paste-back is exactly the reference's
     trilinear upsampling (align_corners=False) of the 32^3 logits, transposed to the volume's axes."""
+    torch = pytest.importorskip("torch")
     size = 32  # a small patch: logits 8^3
     logits = np.random.default_rng(2).normal(size=(8, 8, 8)).astype(np.float32)
     frame = patch_frame(Volume(np.zeros((2, 2, 2)), affine(directions, [1.5] * 3, [0, 0, 0])), [3.0, 4.0, 5.0], size)

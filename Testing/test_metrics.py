@@ -12,7 +12,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 from surface_distance import compute_surface_dice_at_tolerance, compute_surface_distances, lookup_tables
 
-from SAMMed3DLib.metrics import dice, nsd, surfel_areas
+from SAMMed3DLib.evaluation.metrics import dice, nsd, surfel_areas
 
 SPACING = (5.0, 0.7, 0.5)  # K, J, I: thick slices, fine in-plane
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import medim
 import pytest
 import torch
-from random_weights import random_model, randomise_
 from safetensors.torch import save_file
 
 from SAMMed3DLib.errors import SAMMed3DError
 from SAMMed3DLib.model import build_sam_med3d, load_sam_med3d
 from SAMMed3DLib.model.image_encoder import RelPosAttention
+from SAMMed3DLib.testing.random_weights import random_model, randomise_
 
 TOLERANCE = 2e-5
 
@@ -97,7 +97,8 @@ def test_small_networks_match_reference(seed: int) -> None:
 
 
 def explicit_window_attention(attention: RelPosAttention, x: torch.Tensor, mask_padding: bool) -> torch.Tensor:
-    """The facts file's formula written out over the whole zero-padded S^3 window, token by token."""
+    """The reference's relative-position formula (its `add_decomposed_rel_pos`) written out over the whole
+    zero-padded S^3 window, token by token."""
     grid, size, heads, dim = x.shape[1], attention.grid_size, attention.num_heads, attention.head_dim
     window = torch.zeros(1, size, size, size, x.shape[-1], dtype=x.dtype)
     window[:, :grid, :grid, :grid] = x

@@ -19,19 +19,21 @@ import onnx
 import onnxruntime
 import pytest
 import SimpleITK as sitk
-from random_weights import random_model, save_random_checkpoint
 
-from SAMMed3DLib import InteractiveSession, OnnxPredictor, TorchPredictor, Volume, __version__, onnx_export
-from SAMMed3DLib.cli import main
-from SAMMed3DLib.errors import SAMMed3DError
-from SAMMed3DLib.model import load_sam_med3d
-from SAMMed3DLib.onnx_backend import (
+from SAMMed3DLib import InteractiveSession, OnnxPredictor, TorchPredictor, Volume, __version__
+from SAMMed3DLib.backends import onnx_export
+from SAMMed3DLib.backends.onnx_predictor import (
     CHECKPOINT_SHA256_KEY,
     DECODER_FILE,
     ENCODER_FILE,
     VERSION_KEY,
     _requested_providers,
 )
+from SAMMed3DLib.cli import main
+from SAMMed3DLib.errors import SAMMed3DError
+from SAMMed3DLib.model import load_sam_med3d
+from SAMMed3DLib.testing.random_weights import random_model, save_random_checkpoint
+from SAMMed3DLib.testing.scenes import bright_box
 from SAMMed3DLib.weights import sha256_of
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -55,11 +57,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory):
 
 
 def synthetic_volume() -> Volume:
-    """A bright asymmetric box in an MR-like volume at 1 x 1 x 2 mm."""
-    rng = np.random.default_rng(3)
-    array = rng.normal(100, 10, (48, 96, 96)).astype(np.float32)
-    array[14:30, 30:70, 25:60] += 400
-    return Volume(array, np.diag([1.0, 1.0, 2.0, 1.0]))
+    return Volume(*bright_box())
 
 
 def test_export_command_writes_checked_files_with_metadata(exported) -> None:
@@ -181,7 +179,7 @@ def test_failed_check_leaves_an_earlier_export_untouched(tmp_path: Path, monkeyp
 
 
 def test_bad_folders_and_providers_give_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    with pytest.raises(SAMMed3DError, match="does not exist.*sammed3d export-onnx"):
+    with pytest.raises(SAMMed3DError, match="missing is not an ONNX export of SAM-Med3D: no such folder"):
         OnnxPredictor(tmp_path / "missing")
     (tmp_path / ENCODER_FILE).write_bytes(b"not onnx")
     with pytest.raises(SAMMed3DError, match=f"lacks {DECODER_FILE}"):
@@ -226,5 +224,6 @@ def test_export_without_the_onnx_packages_is_one_line(tmp_path: Path, monkeypatc
     checkpoint = save_random_checkpoint(tmp_path / "tiny.pth")
     assert main(["export-onnx", "--checkpoint", str(checkpoint), "--output", str(tmp_path / "out")]) == 2
     error = capsys.readouterr().err
-    assert error.strip() == "sammed3d export-onnx: error: exporting to ONNX needs onnx: pip install 'SAMMed3DLib[onnx]'"
+    assert error.strip() == ("sammed3d export-onnx: error: exporting to ONNX needs onnx, which is not installed: "
+                             "pip install 'SAMMed3DLib[torch,onnx]'")
     assert not (tmp_path / "out").exists()

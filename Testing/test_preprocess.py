@@ -7,8 +7,9 @@ import pytest
 import SimpleITK as sitk
 from geometry_cases import LPS, OBLIQUE, PERMUTED_FLIPPED, affine
 
-from SAMMed3DLib.geometry import Volume, patch_frame
-from SAMMed3DLib.preprocess import is_ct, normalise, prepare_patch, resample_into
+from SAMMed3DLib.interactive.geometry import Volume, patch_frame
+from SAMMed3DLib.interactive.preprocess import detect_modality, normalise, prepare_patch
+from SAMMed3DLib.interactive.resample import resample_into
 
 
 def sitk_resample(volume: Volume, frame, interpolator) -> np.ndarray:
@@ -75,34 +76,34 @@ def test_frame_outside_the_volume_is_all_zero_and_unknown_interpolation_fails():
 
 def test_normalise_ct_clamps_then_z_normalises_over_positive_voxels():
     patch = np.array([-3000.0, -1000.0, 0.0, 0.0, 200.0, 400.0, 2500.0]).reshape(1, 1, 7)
-    out = normalise(patch, is_ct=True)
+    out = normalise(patch, "ct")
     clamped = np.array([-1000.0, -1000.0, 0.0, 0.0, 200.0, 400.0, 1000.0])
     positive = clamped[clamped > 0]
     expected = (clamped - positive.mean()) / positive.std(ddof=1)
     np.testing.assert_allclose(out.ravel(), expected, rtol=1e-6)
     assert out.dtype == np.float32
     # MR: no clamp.
-    mr = normalise(patch, is_ct=False).ravel()
+    mr = normalise(patch, "mr").ravel()
     positive = patch.ravel()[patch.ravel() > 0]
     np.testing.assert_allclose(mr, (patch.ravel() - positive.mean()) / positive.std(ddof=1), rtol=1e-6)
 
 
 def test_normalise_without_spread_only_shifts():
-    np.testing.assert_array_equal(normalise(np.zeros((2, 2, 2)), is_ct=False), np.zeros((2, 2, 2)))
-    np.testing.assert_allclose(normalise(np.array([[[0.0, 5.0, 5.0]]]), is_ct=False).ravel(), [-5.0, 0.0, 0.0])
+    np.testing.assert_array_equal(normalise(np.zeros((2, 2, 2)), "mr"), np.zeros((2, 2, 2)))
+    np.testing.assert_allclose(normalise(np.array([[[0.0, 5.0, 5.0]]]), "mr").ravel(), [-5.0, 0.0, 0.0])
 
 
 def test_prepare_patch_is_resampling_then_normalising():
     rng = np.random.default_rng(5)
     volume = Volume(rng.integers(-1100, 1500, size=(20, 30, 30)).astype(np.int16), affine(OBLIQUE, [1.0] * 3, [0] * 3))
     frame = patch_frame(volume, volume.ijk_to_ras_points([[15, 15, 10]])[0], size=32)
-    np.testing.assert_array_equal(prepare_patch(volume, frame, True), normalise(resample_into(volume, frame), True))
+    np.testing.assert_array_equal(prepare_patch(volume, frame, "ct"), normalise(resample_into(volume, frame), "ct"))
 
 
 def test_ct_or_mr_from_the_data(pyradiomics_data):
-    assert is_ct(Volume.read(pyradiomics_data / "lung1_image.nrrd"))
-    assert is_ct(Volume.read(pyradiomics_data / "lung2_image.nrrd"))
-    assert not is_ct(Volume.read(pyradiomics_data / "brain1_image.nrrd"))
-    assert not is_ct(Volume.read(pyradiomics_data / "brain2_image.nrrd"))
+    assert detect_modality(Volume.read(pyradiomics_data / "lung1_image.nrrd")) == "ct"
+    assert detect_modality(Volume.read(pyradiomics_data / "lung2_image.nrrd")) == "ct"
+    assert detect_modality(Volume.read(pyradiomics_data / "brain1_image.nrrd")) == "mr"
+    assert detect_modality(Volume.read(pyradiomics_data / "brain2_image.nrrd")) == "mr"
     z_scored_mr = np.random.default_rng(6).normal(size=(20, 20, 20)).astype(np.float32)
-    assert not is_ct(Volume(z_scored_mr, np.eye(4)))
+    assert detect_modality(Volume(z_scored_mr, np.eye(4))) == "mr"

@@ -11,11 +11,12 @@ import pytest
 import SimpleITK as sitk
 from geometry_cases import LPS, OBLIQUE, PERMUTED_FLIPPED, affine
 
+from SAMMed3DLib.backends.torch_predictor import select_device
 from SAMMed3DLib.errors import SAMMed3DError
-from SAMMed3DLib.geometry import Volume, frame_region, patch_frame
-from SAMMed3DLib.metrics import dice
-from SAMMed3DLib.predictors import ThresholdPredictor, select_device
-from SAMMed3DLib.session import InteractiveSession
+from SAMMed3DLib.evaluation.metrics import dice
+from SAMMed3DLib.interactive.geometry import Volume, frame_region, patch_frame
+from SAMMed3DLib.interactive.session import InteractiveSession
+from SAMMed3DLib.testing.oracle import ThresholdPredictor
 
 CLICK_OFFSET = np.array([-12.0, 4.0, 3.0])  # off the object's centre, inside it
 
@@ -187,7 +188,7 @@ def test_undo_restores_exactly_and_reset_clears():
 
 
 def test_undo_history_is_bounded_by_memory(monkeypatch):
-    from SAMMed3DLib import session as session_module
+    from SAMMed3DLib.interactive import session as session_module
 
     volume, _, center, _ = synthetic(LPS, [1.5, 1.5, 1.5])
     monkeypatch.setattr(session_module, "UNDO_BYTES", int(volume.array.size * 1.5))  # room for one step
@@ -197,6 +198,31 @@ def test_undo_history_is_bounded_by_memory(monkeypatch):
     session.add_click(center + [25.0, 0, 8], positive=False)
     assert session.undo() is not None and session.undo() is None  # the oldest step was dropped
     np.testing.assert_array_equal(session.mask, second)
+
+
+def test_embedding_cache_is_bounded_and_drops_the_least_recently_used(monkeypatch):
+    from SAMMed3DLib.interactive import session as session_module
+
+    volume, _, center, _ = synthetic(LPS, [2.0, 2.0, 2.0], extent_mm=600.0)
+    one = 128**3 * 4  # the oracle's embedding is the float32 patch
+    monkeypatch.setattr(session_module, "EMBEDDING_CACHE_BYTES", 2 * one)  # room for two
+    predictor = Recording(ThresholdPredictor())
+    session = InteractiveSession(predictor, volume)
+    far = [center + [x, 0.0, 0.0] for x in (-250.0, 0.0, 250.0)]  # three ROIs, none containing another's click
+    for ras in far[:2]:
+        session.add_click(ras)
+        session.reset()
+    session.add_click(far[0])  # cached: the first becomes the most recently used
+    session.reset()
+    assert len(predictor.encoded) == 2
+    session.add_click(far[2])  # a third embedding: the least recently used one (the second ROI) goes
+    session.reset()
+    assert len(session._embeddings) == 2
+    session.add_click(far[0])
+    session.reset()
+    assert len(predictor.encoded) == 3  # still cached
+    session.add_click(far[1])
+    assert len(predictor.encoded) == 4  # dropped, so encoded again
 
 
 def test_bad_clicks_raise_and_leave_the_session_unchanged():
@@ -295,7 +321,7 @@ def test_modality_decision_and_bad_options(pyradiomics_data):
     ct = Volume.read(pyradiomics_data / "lung1_image.nrrd")
     assert InteractiveSession(ThresholdPredictor(), ct).modality == "ct"
     forced = InteractiveSession(ThresholdPredictor(), ct, modality="mr")
-    assert forced.modality == "mr" and not forced.is_ct
+    assert forced.modality == "mr"
     with pytest.raises(ValueError, match="modality"):
         InteractiveSession(ThresholdPredictor(), ct, modality="pet")
     with pytest.raises(ValueError, match="max_rois"):
@@ -309,7 +335,8 @@ def test_real_ct_and_mr_through_one_click(pyradiomics_data, case, modality):
     the predictor's output interpolated there."""
     from scipy import ndimage
 
-    from SAMMed3DLib.preprocess import prepare_patch, resample_into
+    from SAMMed3DLib.interactive.preprocess import prepare_patch
+    from SAMMed3DLib.interactive.resample import resample_into
 
     volume = Volume.read(pyradiomics_data / f"{case}_image.nrrd")
     label_volume = Volume.read(pyradiomics_data / f"{case}_label.nrrd")
@@ -322,7 +349,7 @@ def test_real_ct_and_mr_through_one_click(pyradiomics_data, case, modality):
     predictor = Recording(ThresholdPredictor())
     session = InteractiveSession(predictor, volume, max_rois=1)
     frame = patch_frame(volume, click)
-    patch = prepare_patch(volume, frame, session.is_ct)
+    patch = prepare_patch(volume, frame, session.modality)
     lesion = resample_into(label_volume, frame, "nearest") > 0
     assert lesion[63:65, 63:65, 63:65].all()  # the lesion sits at the centre of the canonical patch
     rim = ndimage.binary_dilation(lesion, iterations=3) & ~lesion
@@ -353,10 +380,10 @@ def test_real_ct_and_mr_through_one_click(pyradiomics_data, case, modality):
 
 
 def test_torch_predictor_runs_the_network_with_the_previous_logits():
-    import torch
+    torch = pytest.importorskip("torch")
 
+    from SAMMed3DLib.backends.torch_predictor import TorchPredictor
     from SAMMed3DLib.model import build_sam_med3d
-    from SAMMed3DLib.predictors import TorchPredictor
 
     torch.manual_seed(0)
     model = build_sam_med3d("tiny")
@@ -377,7 +404,7 @@ def test_torch_predictor_runs_the_network_with_the_previous_logits():
 
 
 def test_select_device():
-    import torch
+    torch = pytest.importorskip("torch")
 
     assert select_device("cpu") == torch.device("cpu")
     assert select_device("auto").type in ("cpu", "cuda", "mps")
@@ -389,6 +416,6 @@ def test_select_device():
 
 
 def test_session_and_predictors_import_without_torch():
-    code = "import sys, SAMMed3DLib.session, SAMMed3DLib.predictors; print('torch' in sys.modules)"
+    code = "import sys, SAMMed3DLib.interactive.session, SAMMed3DLib.backends.predictor; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8", check=True)
     assert result.stdout == "False\n"

@@ -247,8 +247,9 @@ def test_the_effect_imports_no_heavy_package():
     from SAMMed3DLib must load without torch, scipy, onnxruntime or tqdm (Slicer ships numpy, VTK and SimpleITK)."""
     code = (
         "import sys\n"
-        "import SAMMed3DLib.geometry, SAMMed3DLib.session, SAMMed3DLib.slicer_geometry, SAMMed3DLib.slicer_prompts\n"
-        "import SAMMed3DLib.slicer_setup, SAMMed3DLib.errors, SAMMed3DLib.weights\n"
+        "import SAMMed3DLib.interactive.geometry, SAMMed3DLib.interactive.session, SAMMed3DLib.slicer.geometry\n"
+        "import SAMMed3DLib.slicer.prompts, SAMMed3DLib.slicer.setup, SAMMed3DLib.slicer.messages\n"
+        "import SAMMed3DLib.errors, SAMMed3DLib.weights\n"
         "print(sorted(m for m in ('torch', 'scipy', 'onnxruntime', 'tqdm') if m in sys.modules))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8", check=True)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import vtk
 
-from SAMMed3DLib.slicer_geometry import (
+from SAMMed3DLib.slicer.geometry import (
     array_ijk_to_ras,
     crop_to_nonzero,
     extent_shape,

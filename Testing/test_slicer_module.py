@@ -17,7 +17,7 @@ import torch
 
 from SAMMed3DLib import weights
 from SAMMed3DLib.errors import SAMMed3DError
-from SAMMed3DLib.slicer_setup import LOCAL_FILE, ModelSettings
+from SAMMed3DLib.slicer.setup import LOCAL_FILE, ModelSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,9 +114,12 @@ def test_a_cancelled_download_goes_on_and_is_not_asked_again(module, served_chec
 
 
 def test_a_model_only_offered_on_a_web_page_says_where_to_get_it(module):
+    from SAMMed3DLib.slicer.messages import user_message
+
     sammed3d, _ = module
-    with pytest.raises(SAMMed3DError, match="Local file"):
+    with pytest.raises(SAMMed3DError, match="offered at https://drive.google.com") as raised:
         sammed3d.SAMMed3DLogic.shared().ensureModelFile(ModelSettings(model="base"))
+    assert "choose 'Local file' in the SAM-Med3D module" in user_message(raised.value)
 
 
 def test_configured_model_is_loaded_once_and_reloaded_on_change(module, tmp_path, monkeypatch):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from SAMMed3DLib.geometry import Volume
-from SAMMed3DLib.predictors import ThresholdPredictor
-from SAMMed3DLib.session import InteractiveSession
-from SAMMed3DLib.slicer_prompts import Click, PromptBook
+from SAMMed3DLib.interactive.geometry import Volume
+from SAMMed3DLib.interactive.session import Click, InteractiveSession
+from SAMMed3DLib.slicer.prompts import PromptBook
+from SAMMed3DLib.testing.oracle import ThresholdPredictor
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +135,7 @@ def test_a_click_outside_the_volume_is_refused_and_changes_nothing(volume):
 
 
 def test_undo_beyond_the_session_memory_keeps_the_clicks(volume, monkeypatch):
-    import SAMMed3DLib.session as session_module
+    import SAMMed3DLib.interactive.session as session_module
 
     monkeypatch.setattr(session_module, "UNDO_BYTES", 1)  # the session keeps only the newest step
     book = _book(volume, [])

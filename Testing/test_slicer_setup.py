@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from SAMMed3DLib.errors import SAMMed3DError
-from SAMMed3DLib.slicer_setup import (
+from SAMMed3DLib.slicer.setup import (
     LOCAL_FILE,
+    REQUIREMENTS,
     SETTINGS_KEYS,
     BackgroundDownload,
     ModelSettings,
@@ -23,6 +24,7 @@ from SAMMed3DLib.slicer_setup import (
     model_file,
     status_text,
 )
+from SAMMed3DLib.testing.oracle import ThresholdPredictor
 
 
 def test_settings_round_trip_through_strings_and_fall_back_on_bad_values():
@@ -59,20 +61,29 @@ def test_wrong_choices_are_named(settings, message):
 
 
 def test_missing_packages_lists_torch_apart_from_pip_requirements():
-    installed = {"torch", "scipy", "safetensors"}
+    installed = {"torch", "scipy"}
     torch_missing, pip = missing_packages("torch", lambda name: name in installed)
-    assert (torch_missing, pip) == (False, ["tqdm>=4.60"])
+    assert (torch_missing, pip) == (False, ["safetensors>=0.4"])
     torch_missing, pip = missing_packages("torch", lambda name: False)
-    assert torch_missing and pip == ["scipy>=1.8", "tqdm>=4.60", "safetensors>=0.4"]
+    assert torch_missing and pip == ["scipy>=1.8", "safetensors>=0.4"]
     torch_missing, pip = missing_packages("onnx", lambda name: name != "onnxruntime")
     assert (torch_missing, pip) == (False, ["onnxruntime>=1.17"])
     assert missing_packages("torch") == (False, [])  # this environment has everything, torch >= 2.5 included
 
 
+def test_the_slicer_setup_asks_for_the_floors_pyproject_declares():
+    """One set of version floors: what Slicer installs is what pip would (a changed floor must change both)."""
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    declared = list(project["dependencies"]) + [r for extra in project["optional-dependencies"].values() for r in extra]
+    declared = {r.split(";")[0].split("#")[0].strip() for r in declared}
+    assert set(REQUIREMENTS.values()) <= declared, set(REQUIREMENTS.values()) - declared
+
+
 def test_an_older_torch_counts_as_missing(monkeypatch):
     import importlib.metadata
 
-    from SAMMed3DLib import slicer_setup
+    from SAMMed3DLib.slicer import setup as slicer_setup
 
     monkeypatch.setattr(importlib.metadata, "version", lambda name: "2.4.1+cu121" if name == "torch" else "9")
     assert missing_packages("torch")[0]
@@ -81,12 +92,13 @@ def test_an_older_torch_counts_as_missing(monkeypatch):
     assert slicer_setup.TORCH_REQUIREMENT == ">=2.5"
 
 
-def test_status_line_names_backend_device_and_timings():
-    assert status_text("torch", "cpu") == "PyTorch on cpu"
-    text = status_text("onnx", "cuda", {"encode": 1.0, "decode": 0.25})
-    assert text == "ONNX Runtime on cuda | last click 1.25 s (encode 1.00 s, decode 0.25 s)"
-    text = status_text("torch", "cpu", {"preprocess": 0.1, "encode": 0.0, "decode": 0.02, "paste": 0.03, "total": 0.2})
-    assert text == "PyTorch on cpu | last click 0.20 s (preprocess 0.10 s, encode 0.00 s, decode 0.02 s, paste 0.03 s)"
+def test_status_line_names_the_predictor_and_timings():
+    oracle = ThresholdPredictor()
+    assert status_text(oracle) == "threshold oracle (no network)"
+    text = status_text(oracle, {"encode": 1.0, "decode": 0.25})
+    assert text == "threshold oracle (no network) | last click 1.25 s (encode 1.00 s, decode 0.25 s)"
+    text = status_text(oracle, {"preprocess": 0.1, "encode": 0.0, "decode": 0.02, "paste": 0.03, "total": 0.2})
+    assert text.endswith("| last click 0.20 s (preprocess 0.10 s, encode 0.00 s, decode 0.02 s, paste 0.03 s)")
 
 
 def test_model_file_and_predictor_from_a_random_weight_checkpoint(tmp_path, monkeypatch):
@@ -101,8 +113,8 @@ def test_model_file_and_predictor_from_a_random_weight_checkpoint(tmp_path, monk
     torch.save(build_sam_med3d("tiny").state_dict(), path)
     settings = ModelSettings(model=LOCAL_FILE, local_path=str(path), device="cpu")
     assert model_file(settings) == path
-    predictor, device = create_predictor(settings, path)
-    assert device == "cpu"
+    predictor = create_predictor(settings, path)
+    assert predictor.device == "cpu" and predictor.label == "PyTorch on cpu"
     image = np.random.default_rng(0).standard_normal((1, 1, 128, 128, 128)).astype(np.float32)
     embedding = predictor.encode(image)
     points, labels = np.array([[[64, 64, 64]]], np.float32), np.array([[1]], np.int64)
@@ -111,15 +123,15 @@ def test_model_file_and_predictor_from_a_random_weight_checkpoint(tmp_path, monk
 
 
 def test_onnx_predictor_from_an_exported_folder_matches_torch(tmp_path):
+    from SAMMed3DLib.backends.onnx_export import export_model
     from SAMMed3DLib.model import build_sam_med3d
-    from SAMMed3DLib.onnx_export import export_model
 
     torch.manual_seed(0)
     model = build_sam_med3d("tiny").eval()
     export_model(model, tmp_path / "onnx")
     settings = ModelSettings(model=LOCAL_FILE, local_path=str(tmp_path / "onnx"), backend="onnx", device="cpu")
-    predictor, device = create_predictor(settings, model_file(settings))
-    assert device == "cpu"
+    predictor = create_predictor(settings, model_file(settings))
+    assert predictor.device == "cpu" and predictor.label == "ONNX Runtime on cpu"
     image = np.random.default_rng(0).standard_normal((1, 1, 128, 128, 128)).astype(np.float32)
     points, labels = np.array([[[40, 70, 64]]], np.float32), np.array([[1]], np.int64)
     mask = np.zeros((1, 1, 32, 32, 32), np.float32)
@@ -153,7 +165,7 @@ def test_background_download_reports_progress_and_verifies(tmp_path, monkeypatch
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/model.pth"
     try:
-        download = BackgroundDownload(url, sha256=hashlib.sha256(payload).hexdigest(), size=len(payload)).start()
+        download = BackgroundDownload(url, sha256=hashlib.sha256(payload).hexdigest()).start()
         seen = []
         while not download.wait(0.05):
             seen.append(download.fraction())

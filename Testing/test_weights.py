@@ -11,7 +11,6 @@ import threading
 from pathlib import Path
 
 import pytest
-from random_weights import save_random_checkpoint
 
 from SAMMed3DLib import weights
 from SAMMed3DLib.cli import main
@@ -89,7 +88,7 @@ def cache_files(home: Path) -> list[str]:
 
 def test_dropped_transfer_resumes_with_a_range_request(server, home):
     server.drop_first = True
-    path = weights.download(server.url, sha256=PAYLOAD_SHA, progress=False, retry_delay=0)
+    path = weights.download(server.url, sha256=PAYLOAD_SHA, retry_delay=0)
     assert path == home / "weights" / "model.pth"
     assert path.read_bytes() == PAYLOAD
     assert server.requests == [None, f"bytes={server.drop_at}-"]
@@ -98,11 +97,11 @@ def test_dropped_transfer_resumes_with_a_range_request(server, home):
 
 def test_interrupted_download_resumes_in_a_later_call(server, home):
     server.drop_first = True
-    with pytest.raises(SAMMed3DError, match="interrupted.*run the same command again"):
-        weights.download(server.url, sha256=PAYLOAD_SHA, retries=1, progress=False)
+    with pytest.raises(SAMMed3DError, match="interrupted"):
+        weights.download(server.url, sha256=PAYLOAD_SHA, retries=1)
     assert cache_files(home) == ["model.pth.part"]  # nothing visible under the final name
     assert (home / "weights" / "model.pth.part").stat().st_size == server.drop_at
-    path = weights.download(server.url, sha256=PAYLOAD_SHA, progress=False)
+    path = weights.download(server.url, sha256=PAYLOAD_SHA)
     assert path.read_bytes() == PAYLOAD
     assert server.requests[-1] == f"bytes={server.drop_at}-"
     assert cache_files(home) == ["model.pth"]
@@ -111,15 +110,15 @@ def test_interrupted_download_resumes_in_a_later_call(server, home):
 def test_wrong_file_is_refused_and_nothing_is_left(server, home):
     server.body = PAYLOAD[:-3] + b"bad"
     with pytest.raises(SAMMed3DError, match=f"SHA256 mismatch.*expected {PAYLOAD_SHA}"):
-        weights.download(server.url, sha256=PAYLOAD_SHA, progress=False)
+        weights.download(server.url, sha256=PAYLOAD_SHA)
     assert cache_files(home) == []
     server.body = PAYLOAD  # the right file is then accepted
-    assert weights.download(server.url, sha256=PAYLOAD_SHA, progress=False).read_bytes() == PAYLOAD
+    assert weights.download(server.url, sha256=PAYLOAD_SHA).read_bytes() == PAYLOAD
 
 
 def test_verified_file_is_never_downloaded_twice(server, home):
-    weights.download(server.url, sha256=PAYLOAD_SHA, progress=False)
-    weights.download(server.url, sha256=PAYLOAD_SHA, progress=False)
+    weights.download(server.url, sha256=PAYLOAD_SHA)
+    weights.download(server.url, sha256=PAYLOAD_SHA)
     assert server.requests == [None]
 
 
@@ -127,22 +126,24 @@ def test_a_different_cached_file_under_the_same_name_is_not_passed_off_as_verifi
     (home / "weights").mkdir(parents=True)
     (home / "weights" / "model.pth").write_bytes(b"another checkpoint")
     with pytest.raises(SAMMed3DError, match=f"already holds a different model.pth.*not {PAYLOAD_SHA}"):
-        weights.download(server.url, sha256=PAYLOAD_SHA, progress=False)
+        weights.download(server.url, sha256=PAYLOAD_SHA)
     assert (home / "weights" / "model.pth").read_bytes() == b"another checkpoint"
     assert server.requests == []
 
 
 def test_imported_safetensors_keep_their_format_and_load_by_name(tmp_path, home, capsys):
+    pytest.importorskip("torch")
     import torch
-    from random_weights import random_model
     from safetensors.torch import save_file
+
+    from SAMMed3DLib.testing.random_weights import random_model
 
     state = random_model("tiny", seed=3).state_dict()
     source = tmp_path / "mine.safetensors"
     save_file({key: value.contiguous() for key, value in state.items()}, str(source))
     stored = weights.import_file(source, name="mine")
     assert stored == home / "weights" / "mine.safetensors"
-    assert weights.resolve("mine", progress=False) == stored
+    assert weights.resolve("mine") == stored
     from SAMMed3DLib.model import load_sam_med3d
 
     assert torch.equal(load_sam_med3d(stored).state_dict()["mask_decoder.iou_token.weight"],
@@ -154,17 +155,17 @@ def test_imported_safetensors_keep_their_format_and_load_by_name(tmp_path, home,
 def test_registry_name_downloads_and_resolves(server, home, monkeypatch):
     entry = weights.Checkpoint("turbo", "sam_med3d_turbo.pth", server.url, server.url, len(PAYLOAD), PAYLOAD_SHA, "")
     monkeypatch.setattr(weights, "REGISTRY", (entry,))
-    path = weights.resolve("turbo", progress=False)
+    path = weights.resolve("turbo")
     assert path == home / "weights" / "sam_med3d_turbo.pth" and path.read_bytes() == PAYLOAD
-    assert weights.resolve("turbo", progress=False) == path
+    assert weights.resolve("turbo") == path
     assert len(server.requests) == 1
 
 
 def test_unknown_hash_is_refused_with_the_computed_hash_and_kept_for_a_rerun(server, home):
-    with pytest.raises(SAMMed3DError, match=f"--sha256 {PAYLOAD_SHA}"):
-        weights.download(server.url, progress=False)
+    with pytest.raises(SAMMed3DError, match=f"SHA256 is {PAYLOAD_SHA}"):
+        weights.download(server.url)
     assert cache_files(home) == ["model.pth.part"]
-    path = weights.download(server.url, sha256=PAYLOAD_SHA, progress=False)
+    path = weights.download(server.url, sha256=PAYLOAD_SHA)
     assert path.read_bytes() == PAYLOAD
     assert server.requests == [None, f"bytes={len(PAYLOAD)}-"]  # answered 416: nothing transferred again
 
@@ -181,11 +182,14 @@ def test_offline_machine_gets_one_line_pointing_at_import(home, capsys):
 
 
 def test_google_drive_only_entry_points_at_its_page(home):
-    with pytest.raises(SAMMed3DError, match="drive.google.com.*weights import FILE --name base"):
-        weights.download("base", progress=False)
+    with pytest.raises(SAMMed3DError, match="no direct download; it is offered at https://drive.google.com"):
+        weights.download("base")
 
 
 def test_import_verify_and_resolve(tmp_path, home, monkeypatch, capsys):
+    pytest.importorskip("torch")
+    from SAMMed3DLib.testing.random_weights import save_random_checkpoint
+
     source = tmp_path / "finetuned.pth"
     source.write_bytes(PAYLOAD)
     assert main(["weights", "verify", str(source)]) == 0
@@ -204,7 +208,8 @@ def test_import_verify_and_resolve(tmp_path, home, monkeypatch, capsys):
 
     # A file that claims to be turbo but is not: refused, cache unchanged.
     assert main(["weights", "import", str(source), "--name", "turbo"]) == 2
-    assert "not the published" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "(the published 'turbo' checkpoint); if it is a different checkpoint, import it under another --name" in err
     fake = tmp_path / "sam_med3d_turbo.pth"
     fake.write_bytes(PAYLOAD)
     assert main(["weights", "import", str(fake)]) == 2
@@ -222,10 +227,10 @@ def test_resolve_errors_name_the_problem(tmp_path, home):
         weights.resolve(str(tmp_path / "missing.pth"))
     with pytest.raises(SAMMed3DError, match="no such file, and not a checkpoint name.*turbo"):
         weights.resolve("turbbo")
-    with pytest.raises(SAMMed3DError, match="is a folder"):
+    with pytest.raises(SAMMed3DError, match="a folder, not a checkpoint file"):
         weights.resolve(str(tmp_path))
     with pytest.raises(SAMMed3DError, match="not a SHA256"):
-        weights.download("turbo", sha256="abc", progress=False)
+        weights.download("turbo", sha256="abc")
 
 
 def test_list_shows_the_registry_with_turbo_first(home, capsys):
@@ -241,6 +246,6 @@ def test_a_mirror_of_a_published_checkpoint_is_checked_against_the_published_has
     entry = weights.Checkpoint("turbo", "model.pth", "https://example.invalid/model.pth", "", None, PAYLOAD_SHA, "")
     monkeypatch.setattr(weights, "REGISTRY", (entry,))
     with pytest.raises(SAMMed3DError, match="published 'turbo' checkpoint"):
-        weights.download(server.url, sha256="1" * 64, progress=False)
-    assert weights.download(server.url, progress=False).read_bytes() == PAYLOAD  # no --sha256 needed
+        weights.download(server.url, sha256="1" * 64)
+    assert weights.download(server.url).read_bytes() == PAYLOAD  # no --sha256 needed
     assert weights.resolve("turbo") == home / "weights" / "model.pth"

@@ -24,8 +24,7 @@ from typing import List
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "Testing"))
-from random_weights import random_model  # noqa: E402
+from SAMMed3DLib.testing.random_weights import random_model
 
 
 def _synchronize(device: torch.device) -> None:

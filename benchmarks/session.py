@@ -22,10 +22,10 @@ import time
 import numpy as np
 import torch
 
-from SAMMed3DLib.geometry import Volume
+from SAMMed3DLib.backends.torch_predictor import TorchPredictor, select_device
+from SAMMed3DLib.interactive.geometry import Volume
+from SAMMed3DLib.interactive.session import InteractiveSession
 from SAMMed3DLib.model import build_sam_med3d
-from SAMMed3DLib.predictors import TorchPredictor, select_device
-from SAMMed3DLib.session import InteractiveSession
 
 
 def synthetic_ct(shape=(300, 512, 512), spacing=(0.7, 0.7, 1.0), seed=0) -> Volume:

@@ -15,7 +15,6 @@ import argparse
 import json
 import resource
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
@@ -23,9 +22,8 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from SAMMed3DLib.train.distributed import Context, choose_device  # noqa: E402
-from SAMMed3DLib.train.loop import LOG, TrainConfig, Trainer, autocast_dtype  # noqa: E402
+from SAMMed3DLib.train.distributed import Context, choose_device
+from SAMMed3DLib.train.loop import LOG, TrainConfig, Trainer, autocast_dtype
 
 
 def write_spheres(folder: Path, cases: int) -> None:

@@ -21,16 +21,17 @@ from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
 from SAMMed3D import SAMMed3DLogic
 from SAMMed3DLib.errors import SAMMed3DError
-from SAMMed3DLib.geometry import Volume
-from SAMMed3DLib.session import InteractiveSession
-from SAMMed3DLib.slicer_geometry import (
+from SAMMed3DLib.interactive.geometry import Volume
+from SAMMed3DLib.interactive.session import Click, InteractiveSession
+from SAMMed3DLib.slicer.geometry import (
     array_ijk_to_ras,
     crop_to_nonzero,
     image_array,
     labelmap_in_extent,
     write_region,
 )
-from SAMMed3DLib.slicer_prompts import Click, PromptBook
+from SAMMed3DLib.slicer.messages import user_message
+from SAMMed3DLib.slicer.prompts import PromptBook
 
 MARKUPS_NAMES = {True: "SAM-Med3D include", False: "SAM-Med3D exclude"}
 MARKUPS_GLYPHS = {True: "Sphere3D", False: "Cross2D"}
@@ -190,7 +191,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
                 if progress is not None:
                     progress.close()
         except (SAMMed3DError, ValueError) as error:
-            self._showError(str(error).rstrip(".") + ".\n\nThe segment was not changed.")
+            self._showError(user_message(error) + "\n\nThe segment was not changed.")
             return False
         except Exception as error:
             logging.exception("SAM-Med3D click failed")
@@ -302,7 +303,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
                 node.GetDisplayNode().SetSelectedColor(segment.GetColor())
             for click in clicks:
                 if click.positive == positive:
-                    node.AddControlPoint(*click.world_ras)
+                    node.AddControlPoint(*click.ras)
 
     def _markupsNode(self, positive):
         node = self._markups.get(positive)

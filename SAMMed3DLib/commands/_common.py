@@ -1,12 +1,14 @@
-"""What the commands that run the network share: the model options and building the predictor from them."""
+"""What the commands share: the model options, building the predictor from them, and download progress."""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import sys
+from typing import Optional
 
-from SAMMed3DLib.predictors import BACKENDS, DEVICES
-from SAMMed3DLib.session import MODALITIES
+from SAMMed3DLib.backends.predictor import BACKENDS, DEVICES, Predictor, load_predictor
+from SAMMed3DLib.interactive.preprocess import MODALITY_CHOICES
+from SAMMed3DLib.weights import Progress
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,15 +21,32 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", choices=DEVICES, default="auto", help="where torch runs (default: auto)")
     group.add_argument("--backend", choices=BACKENDS, default="torch", help="torch (default) or onnx (ONNX Runtime)")
     group.add_argument(
-        "--modality", choices=MODALITIES, default="auto",
+        "--modality", choices=MODALITY_CHOICES, default="auto",
         help="CT intensities are clamped to [-1000, 1000] before normalising (default: decided from the data)",
     )
 
 
-def build_predictor(args: argparse.Namespace) -> Any:
+def build_predictor(args: argparse.Namespace) -> Predictor:
     """The predictor the options ask for; a user error (missing file, not a checkpoint) raises SAMMed3DError."""
     from SAMMed3DLib import weights
-    from SAMMed3DLib.predictors import load_predictor
 
-    model = args.checkpoint if args.backend == "onnx" else weights.resolve(args.checkpoint)
-    return load_predictor(args.backend, model, args.device)[0]
+    model = args.checkpoint if args.backend == "onnx" else weights.resolve(args.checkpoint, download_progress())
+    return load_predictor(args.backend, model, args.device)
+
+
+def download_progress(description: str = "download") -> Progress:
+    """A download's `on_progress` callback drawing a tqdm bar on stderr (closed when the last byte arrives)."""
+    from tqdm import tqdm
+
+    bar = None
+
+    def update(received: int, total: Optional[int]) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, initial=received, unit="B", unit_scale=True, unit_divisor=1024,
+                       desc=description, file=sys.stderr, leave=False)
+        bar.update(received - bar.n)
+        if total is not None and received >= total:
+            bar.close()
+
+    return update

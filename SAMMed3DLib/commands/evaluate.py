@@ -24,9 +24,10 @@ import sys
 from pathlib import Path
 from typing import List
 
-from SAMMed3DLib.clicks import PROTOCOLS
 from SAMMed3DLib.commands import _common
 from SAMMed3DLib.commands._common import add_model_arguments
+from SAMMed3DLib.errors import SAMMed3DError
+from SAMMed3DLib.evaluation.clicks import PROTOCOLS
 
 HELP = "Dice and NSD against the number of clicks on a labelled dataset (the paper's protocol)"
 
@@ -60,14 +61,29 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from SAMMed3DLib.evaluate import Settings, evaluate, pair_cases
+    from tqdm import tqdm
 
+    from SAMMed3DLib.evaluation.runner import Settings, evaluate, pair_cases, require_packages
+
+    require_packages()
+    for flag, folder in (("--images", args.images), ("--labels", args.labels)):
+        if not folder.is_dir():
+            raise SAMMed3DError(f"{flag} {folder}: no such folder")
     pair_cases(args.images, args.labels)  # folder problems show before a checkpoint is downloaded or loaded
     settings = Settings(
-        clicks=args.clicks, protocol=args.protocol, seed=args.seed, labels_only=args.labels_only,
+        click_count=args.clicks, protocol=args.protocol, seed=args.seed, labels_only=args.labels_only,
         checkpoint=f"{args.backend}:{args.checkpoint}", modality=args.modality,
     )
-    summary = evaluate(_common.build_predictor(args), args.images, args.labels, args.output, settings)
+    predictor = _common.build_predictor(args)
+    with tqdm(unit="case", desc="evaluate", file=sys.stderr, delay=0.5) as bar:
+
+        def on_case(case, done: int, todo: int) -> None:
+            bar.total = todo
+            bar.update(done - bar.n)
+            bar.set_postfix_str(case.name)
+
+        summary = evaluate(predictor, args.images, args.labels, args.output, settings, on_case=on_case)
+        bar.update((bar.total or 0) - bar.n)
     shown = [c for c in (1, 3, 5, 10) if c <= args.clicks] or [args.clicks]
     parts = []
     for count in shown:

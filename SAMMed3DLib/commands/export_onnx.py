@@ -28,9 +28,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from SAMMed3DLib import weights
-    from SAMMed3DLib.onnx_export import export_checkpoint
+    from SAMMed3DLib.errors import MissingPackages, SAMMed3DError
 
-    checkpoint = weights.resolve(args.checkpoint)
+    MissingPackages.require("exporting to ONNX", "torch,onnx", "torch", "safetensors", "onnx", "onnxruntime")
+    if args.output.exists() and not args.output.is_dir():
+        raise SAMMed3DError(f"--output {args.output} is a file; give a folder")
+    from SAMMed3DLib.backends.onnx_export import export_checkpoint
+    from SAMMed3DLib.commands._common import download_progress
+
+    checkpoint = weights.resolve(args.checkpoint, download_progress())
     differences = export_checkpoint(checkpoint, args.output)
     checked = ", ".join(f"{name} {value:.2g}" for name, value in differences.items())
     print(f"wrote {args.output / 'encoder.onnx'} and {args.output / 'decoder.onnx'} "

@@ -18,6 +18,10 @@ Examples:
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from SAMMed3DLib.model.config import VARIANTS
+from SAMMed3DLib.train import DEVICES
 
 HELP = "fine-tune the network on your own images and labels (one GPU, several with torchrun, or CPU)"
 
@@ -29,7 +33,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", metavar="PATH_OR_NAME",
                         help="weights to start from (a file, or a name from `sammed3d weights list`, e.g. turbo); "
                              "without it the network starts from random weights")
-    parser.add_argument("--variant", choices=("vit_b_ori", "tiny"),
+    parser.add_argument("--variant", choices=tuple(VARIANTS),
                         help="network size (default: the checkpoint's, or vit_b_ori); tiny is for tests and trials")
     parser.add_argument("--epochs", type=int, default=200, help="passes over the training targets (default 200)")
     parser.add_argument("--max-steps", type=int, metavar="N", help="stop after N optimiser steps in total")
@@ -40,7 +44,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=8e-5,
                         help="learning rate of the image encoder; prompt encoder and decoder get a tenth "
                              "(default 8e-5, the reference's fine-tuning rate)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+    parser.add_argument("--device", choices=DEVICES, default="auto",
                         help="auto: CUDA if there is a GPU, else CPU")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
     parser.add_argument("--num-workers", type=int, default=4, metavar="W", help="data loader processes (default 4)")
@@ -49,8 +53,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from SAMMed3DLib.errors import MissingPackages
+
+    MissingPackages.require("fine-tuning", "train", "torch", "safetensors")
+    from SAMMed3DLib.commands._common import download_progress
     from SAMMed3DLib.train import distributed
-    from SAMMed3DLib.train.loop import TrainConfig, train
+    from SAMMed3DLib.train.loop import LATEST, TrainConfig, train
 
     for name in ("epochs", "batch_size", "accumulation_steps"):
         if getattr(args, name) < 1:
@@ -61,6 +69,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--num-workers must be 0 or more, got {args.num_workers}")
     if not args.lr > 0:
         raise ValueError(f"--lr must be positive, got {args.lr}")
+    if not Path(args.data).is_dir():
+        raise ValueError(f"--data {args.data}: no such folder")
+    if args.resume and not (Path(args.output) / LATEST).is_file():
+        raise ValueError(f"--resume: no {LATEST} in {args.output}; run once without --resume first")
     config = TrainConfig(
         data=args.data, output=args.output, checkpoint=args.checkpoint, variant=args.variant, epochs=args.epochs,
         max_steps=args.max_steps, batch_size=args.batch_size, accumulation_steps=args.accumulation_steps,
@@ -68,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     )
     context = distributed.setup(args.device)
     try:
-        summary = train(config, context)
+        summary = train(config, context, on_download=download_progress())
     finally:
         distributed.cleanup(context)
     if context.is_main and summary:

@@ -121,8 +121,8 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from SAMMed3DLib.errors import SAMMed3DError
-    from SAMMed3DLib.geometry import Volume
-    from SAMMed3DLib.session import InteractiveSession
+    from SAMMed3DLib.interactive.geometry import Volume
+    from SAMMed3DLib.interactive.session import InteractiveSession
 
     if not args.clicks:
         raise SAMMed3DError("no clicks: give at least one --point X Y Z (RAS mm, or voxel indices with --ijk)")

@@ -38,6 +38,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from SAMMed3DLib import weights
+    from SAMMed3DLib.commands._common import download_progress
+    from SAMMed3DLib.errors import ChecksumMismatch, SAMMed3DError
 
     if args.action == "list":
         print(f"cache: {weights.cache_dir()}")
@@ -53,13 +55,16 @@ def run(args: argparse.Namespace) -> int:
                 if path.name not in registered:
                     print(f"{path.stem:<8} {path.name:<24} {path.stat().st_size / 1e6:.0f} MB{'':<7} imported")
     elif args.action == "download":
-        path = weights.download(args.name_or_url, sha256=args.sha256)
+        path = weights.download(args.name_or_url, sha256=args.sha256, on_progress=download_progress())
         print(path)
     elif args.action == "verify":
         digest, match = weights.verify(args.path, sha256=args.sha256)
         what = f"the published {match.name!r} checkpoint" if match else "no published checkpoint"
         print(f"{digest}  {args.path}  (matches {what})")
     else:
-        path = weights.import_file(args.path, name=args.name, sha256=args.sha256)
+        try:
+            path = weights.import_file(args.path, name=args.name, sha256=args.sha256)
+        except ChecksumMismatch as error:
+            raise SAMMed3DError(f"{error}; if it is a different checkpoint, import it under another --name") from None
         print(path)
     return 0

@@ -1,52 +1,17 @@
-"""SamMed3D: the whole network, its published configuration and a small one for tests and quick trials."""
+"""SamMed3D: the whole network, built from a configuration of `config`."""
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
 
+from SAMMed3DLib.model.config import VARIANTS, SamMed3DConfig
 from SAMMed3DLib.model.image_encoder import ImageEncoder3D
 from SAMMed3DLib.model.mask_decoder import MaskDecoder3D
 from SAMMed3DLib.model.prompt_encoder import PromptEncoder3D
-
-
-@dataclass(frozen=True)
-class SamMed3DConfig:
-    image_size: int = 128
-    patch_size: int = 16
-    encoder_dim: int = 768
-    encoder_depth: int = 12
-    encoder_heads: int = 12
-    encoder_mlp_ratio: float = 4.0
-    encoder_window_size: int = 14
-    encoder_global_attn_indexes: Tuple[int, ...] = (2, 5, 8, 11)
-    prompt_dim: int = 384
-    mask_in_chans: int = 16
-    num_point_embeddings: int = 2
-    decoder_depth: int = 2
-    decoder_heads: int = 8
-    decoder_mlp_dim: int = 2048
-    iou_head_hidden_dim: int = 256
-
-
-VARIANTS: Dict[str, SamMed3DConfig] = {
-    # Every published checkpoint (sam_med3d.pth, sam_med3d_turbo.pth, ...).
-    "vit_b_ori": SamMed3DConfig(),
-    # The same network, small: for tests and quick trials of the training code.
-    "tiny": SamMed3DConfig(
-        encoder_dim=96,
-        encoder_depth=4,
-        encoder_heads=2,
-        encoder_global_attn_indexes=(1, 3),
-        prompt_dim=48,
-        decoder_mlp_dim=128,
-        iou_head_hidden_dim=32,
-    ),
-}
 
 
 class SamMed3D(nn.Module):

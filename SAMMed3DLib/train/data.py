@@ -25,22 +25,13 @@ from typing import Dict, Iterator, List, Sequence, Tuple
 import numpy as np
 
 from SAMMed3DLib import datasets
-from SAMMed3DLib.datasets import IMAGE_SUFFIXES
+from SAMMed3DLib.datasets import IMAGE_SUFFIXES, Case
 from SAMMed3DLib.errors import SAMMed3DError
-from SAMMed3DLib.geometry import Volume
+from SAMMed3DLib.interactive.geometry import Volume
+from SAMMed3DLib.interactive.preprocess import Modality, normalise
 
 CACHE_VERSION = 1
 MIN_TARGET_VOXELS = 1000  # the reference redraws samples with at most this many label voxels in the crop
-
-
-@dataclass(frozen=True)
-class Case:
-    """One image/label file pair; `modality` is "ct", "mr" or "auto" (decided from the voxels when cached)."""
-
-    name: str
-    image: Path
-    label: Path
-    modality: str
 
 
 @dataclass(frozen=True)
@@ -61,19 +52,18 @@ class CachedCase:
     name: str
     image: np.ndarray
     label: np.ndarray
-    modality: str
+    modality: Modality
 
 
 def _pairs_in(folder: Path) -> List[Case]:
     """Pairs in one dataset folder: `labelsTr/<case><ext>` with `imagesTr/<case>_0000<ext>` or `<case><ext>`."""
-    pairs, unmatched = datasets.pair(folder / "imagesTr", folder / "labelsTr")
+    cases, unmatched = datasets.pair(folder / "imagesTr", folder / "labelsTr")
     if unmatched:
         raise SAMMed3DError(
             f"no image for label {unmatched[0]} in {folder / 'labelsTr'}: expected {unmatched[0]}_0000.ext or "
             f"{unmatched[0]}.ext in {folder / 'imagesTr'}"
         )
-    modality = datasets.modality(folder)
-    return [Case(name=name, image=image, label=label, modality=modality) for name, image, label in pairs]
+    return cases
 
 
 def find_cases(data_dir: Path) -> List[Case]:
@@ -85,7 +75,7 @@ def find_cases(data_dir: Path) -> List[Case]:
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise SAMMed3DError(f"--data {data_dir} is not a folder")
+        raise SAMMed3DError(f"the training data folder {data_dir} does not exist")
     folders = sorted({p.parent for p in data_dir.rglob("labelsTr") if p.is_dir() and (p.parent / "imagesTr").is_dir()})
     if not folders:
         raise SAMMed3DError(
@@ -127,8 +117,8 @@ def canonical_grid(image: Volume, volumes: Sequence[Volume], interpolation: Sequ
     The grid is filled tile by tile with the session's own `patch_frame` and `resample_into`, so a training crop
     holds exactly the values the session would compute for a frame on the same grid, and memory stays bounded.
     """
-    from SAMMed3DLib.geometry import patch_frame
-    from SAMMed3DLib.preprocess import resample_into
+    from SAMMed3DLib.interactive.geometry import patch_frame
+    from SAMMed3DLib.interactive.resample import resample_into
 
     base = patch_frame(image, image.ijk_to_ras_points(np.zeros(3))[0], size=tile)
     inside = base.to_patch(image.corners_ras())
@@ -148,7 +138,7 @@ def canonical_grid(image: Volume, volumes: Sequence[Volume], interpolation: Sequ
 
 def _resample_case(case: Case) -> Tuple[np.ndarray, np.ndarray, str]:
     """The whole image (linear) and label (nearest) on the canonical 1.5 mm grid, and the modality."""
-    from SAMMed3DLib.preprocess import is_ct
+    from SAMMed3DLib.interactive.preprocess import chosen_modality
 
     image = Volume.read(case.image)
     label = Volume.read(case.label)
@@ -156,7 +146,7 @@ def _resample_case(case: Case) -> Tuple[np.ndarray, np.ndarray, str]:
         image_grid, label_grid = canonical_grid(image, [image, label], ["linear", "nearest"])
     except ValueError as error:
         raise SAMMed3DError(f"label {case.label} does not fit image {case.image}: {error}") from error
-    modality = case.modality if case.modality != "auto" else ("ct" if is_ct(image) else "mr")
+    modality = chosen_modality(case.modality, image)
     return image_grid, label_grid, modality
 
 
@@ -231,13 +221,6 @@ def crop(array: np.ndarray, start: Sequence[int], size: int) -> np.ndarray:
         dest.append(slice(lo - begin, hi - begin))
     out[tuple(dest)] = array[tuple(source)]
     return out
-
-
-def normalise(patch: np.ndarray, modality: str) -> np.ndarray:
-    """CT clamp and z-normalisation over voxels > 0, exactly as the session prepares a patch."""
-    from SAMMed3DLib.preprocess import normalise as normalise_patch
-
-    return normalise_patch(patch, modality == "ct")
 
 
 class TargetCrops:

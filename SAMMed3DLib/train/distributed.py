@@ -9,8 +9,9 @@ from typing import Any, List
 import torch
 import torch.distributed as dist
 
-from SAMMed3DLib.errors import SAMMed3DError
-from SAMMed3DLib.predictors import select_device
+from SAMMed3DLib.backends.torch_predictor import select_device
+from SAMMed3DLib.errors import SAMMed3DError, UnknownChoice
+from SAMMed3DLib.train import DEVICES
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,8 @@ class Context:
 def choose_device(name: str) -> torch.device:
     """`select_device` restricted to CUDA and CPU: `auto` falls back to the CPU, not Apple MPS, which lacks the
     float64 the processes' all-reduce uses and on which the loop is untested."""
-    if name not in ("auto", "cpu", "cuda"):
-        raise SAMMed3DError(f"unknown --device {name!r}; use auto, cpu or cuda")
+    if name not in DEVICES:
+        raise UnknownChoice("training device", name, DEVICES)
     device = select_device(name)
     return torch.device("cpu") if device.type == "mps" else device
 

@@ -1,4 +1,4 @@
-"""The reference's fine-tuning recipe (facts file), resumable exactly and runnable on one process or many.
+"""The reference's fine-tuning recipe (its train.py), resumable exactly and runnable on one process or many.
 
 One micro-batch: encode the crops once, then 11 interaction steps, each adding one click drawn from the current
 error region (clicks.py) with the previous step's 32^3 logits as mask prompt (not detached); at one random step in
@@ -29,16 +29,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from SAMMed3DLib import clicks, metrics
 from SAMMed3DLib.errors import SAMMed3DError
+from SAMMed3DLib.evaluation import clicks, metrics
 from SAMMed3DLib.files import atomic_path
+from SAMMed3DLib.interactive.preprocess import normalise
 from SAMMed3DLib.train import data
 from SAMMed3DLib.train.distributed import Context, barrier, gather, mean
+from SAMMed3DLib.weights import Progress
 
 LATEST = "sam_model_latest.pth"
 BEST = "sam_model_dice_best.pth"
 LOG = "train_log.jsonl"
-# What `--resume` restores; the reference's own checkpoints lack the position and RNG states.
+# What resuming restores; the reference's own checkpoints lack the position and RNG states.
 _RESUME_KEYS = frozenset({
     "model_state_dict", "optimizer_state_dict", "lr_scheduler_state_dict", "scaler_state_dict", "step", "epoch",
     "micro_batch", "best_dice", "losses", "dices", "rng_states",
@@ -100,8 +102,7 @@ class ClickTraining(nn.Module):
         """(summed loss, last upsampled logits) for images and 0/1 labels (B, 1, S, S, S)."""
         mask_only_step = int(rng.integers(2, 9))
         embedding = self.model.encode(image)
-        size = label.shape[-1]
-        low_res = image.new_zeros((image.shape[0], 1) + (size // 4,) * 3)
+        low_res = image.new_zeros((image.shape[0], 1) + (self.model.config.logits_size,) * 3)
         logits = None
         total = image.new_zeros(())
         for step in range(self.steps):
@@ -142,12 +143,12 @@ def validate(model: nn.Module, dataset: data.TargetCrops, context: Context, seed
     for index in range(context.rank, len(dataset), context.world_size):
         rng = np.random.default_rng([seed, 11, index])
         image, truth = dataset.crop(index)
-        image = data.normalise(image, dataset.cases[dataset.targets[index].case].modality)
+        image = normalise(image, dataset.cases[dataset.targets[index].case].modality)
         image_t = torch.from_numpy(image)[None, None].to(context.device)
         truth_t = torch.from_numpy(np.ascontiguousarray(truth)).to(context.device)
         with _autocast(context.device):
             embedding = model.encode(image_t)
-            low_res = image_t.new_zeros((1, 1) + (dataset.size // 4,) * 3)
+            low_res = image_t.new_zeros((1, 1) + (model.config.logits_size,) * 3)
             prediction = None
             row = []
             for click in range(1, max(click_counts) + 1):
@@ -218,19 +219,21 @@ def read_training_checkpoint(path: Path, device: torch.device) -> Dict[str, Any]
 class Trainer:
     """Holds the model, optimiser, scheduler and position of one run; `run()` trains to the end or `max_steps`."""
 
-    def __init__(self, config: TrainConfig, context: Context) -> None:
+    def __init__(self, config: TrainConfig, context: Context, on_download: Optional[Progress] = None) -> None:
         self.config = config
+        self.on_download = on_download  # progress of downloading a named checkpoint (rank 0)
         self.context = context
         self.output = Path(config.output)
         if config.batch_size < 1 or config.accumulation_steps < 1 or config.epochs < 1:
-            raise SAMMed3DError("--batch-size, --accumulation-steps and --epochs must be at least 1")
+            raise SAMMed3DError(f"batch size, accumulation steps and epochs must each be at least 1, got "
+                                f"{config.batch_size}, {config.accumulation_steps} and {config.epochs}")
         if config.max_steps is not None and config.max_steps < 1:
-            raise SAMMed3DError("--max-steps must be at least 1")
+            raise SAMMed3DError(f"the step limit must be at least 1, got {config.max_steps}")
         if context.is_main:
             self.output.mkdir(parents=True, exist_ok=True)
         seed_everything(config.seed + context.rank)
         if config.resume and not (self.output / LATEST).is_file():
-            raise SAMMed3DError(f"--resume: no {LATEST} in {self.output}; run once without --resume first")
+            raise SAMMed3DError(f"nothing to resume: {self.output} holds no {LATEST}")
         self.model = self._build_model()
         self.train_set, self.validation_set = self._datasets()
         self.optimizer = torch.optim.AdamW(
@@ -283,10 +286,10 @@ class Trainer:
 
             # Rank 0 downloads a named checkpoint alone (one .part file, one rename); the others then find it cached.
             if self.context.is_main:
-                source = weights.resolve(config.checkpoint, progress=True)
+                source = weights.resolve(config.checkpoint, on_progress=self.on_download)
             barrier(self.context)
             if not self.context.is_main:
-                source = weights.resolve(config.checkpoint, progress=False)
+                source = weights.resolve(config.checkpoint)
         if source is not None and not config.model_overrides:
             return load_sam_med3d(source, self.context.device, config.variant)
         if config.model_overrides and not config.variant:
@@ -318,7 +321,8 @@ class Trainer:
         path = self.output / LATEST
         state = read_training_checkpoint(path, self.context.device)
         if not isinstance(state, dict) or not _RESUME_KEYS.issubset(state):
-            raise SAMMed3DError(f"{path} was not written by sammed3d finetune; --resume needs one of its {LATEST}")
+            raise SAMMed3DError(f"{path} cannot be resumed: it lacks the optimiser and position state that "
+                                "fine-tuning writes (a reference or published checkpoint?)")
         self.model.load_state_dict(state["model_state_dict"], strict=True)
         self.optimizer.load_state_dict(state["optimizer_state_dict"])
         self.scheduler.load_state_dict(state["lr_scheduler_state_dict"])
@@ -512,6 +516,6 @@ class Trainer:
         self.save(LATEST)
 
 
-def train(config: TrainConfig, context: Context) -> Dict[str, Any]:
-    """Run the whole recipe; returns the last logged numbers."""
-    return Trainer(config, context).run()
+def train(config: TrainConfig, context: Context, on_download: Optional[Progress] = None) -> Dict[str, Any]:
+    """Run the whole recipe; returns the last logged numbers. `on_download` shows a named checkpoint's download."""
+    return Trainer(config, context, on_download).run()

@@ -1,7 +1,7 @@
 """Self-tests of the SAM-Med3D Segment Editor effect inside Slicer, without network.
 
 A synthetic volume with an oblique IJK->RAS, anisotropic spacing and a parent transform holds two bright objects
-(an asymmetric "L" and a ball). The threshold oracle predictor (SAMMed3DLib.predictors.ThresholdPredictor) stands
+(an asymmetric "L" and a ball). The threshold oracle predictor (SAMMed3DLib.testing.oracle.ThresholdPredictor) stands
 in for the network, so the expected mask is known: clicks must land on the right voxels, results in the right place,
 undo must restore, a click outside the volume must be refused with a message, and segments keep their own prompts.
 A tiny network with random weights, saved to a temporary file, checks the configured-model path when torch exists.
@@ -19,9 +19,9 @@ import SegmentEditorSAMMed3D
 import slicer
 
 from SAMMed3D import SAMMed3DLogic
-from SAMMed3DLib.predictors import ThresholdPredictor
-from SAMMed3DLib.slicer_setup import LOCAL_FILE, ModelSettings, missing_packages
-from SAMMed3DLib.synthetic import SHAPE, SPACING, letter_and_ball, rotation
+from SAMMed3DLib.slicer.setup import LOCAL_FILE, ModelSettings, missing_packages
+from SAMMed3DLib.testing.oracle import ThresholdPredictor
+from SAMMed3DLib.testing.scenes import SHAPE, SPACING, letter_and_ball, rotation
 
 
 class SegmentEditorSAMMed3DTest(unittest.TestCase):

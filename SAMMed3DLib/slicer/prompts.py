@@ -14,15 +14,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from SAMMed3DLib.slicer_geometry import Region
-
-
-@dataclass(frozen=True)
-class Click:
-    """A click as the user made it: world RAS (where its markup is drawn) and include (True) or exclude (False)."""
-
-    world_ras: Tuple[float, float, float]
-    positive: bool
+from SAMMed3DLib.interactive.geometry import Region
+from SAMMed3DLib.interactive.session import Click
 
 
 @dataclass(frozen=True)
@@ -49,7 +42,7 @@ class Edit:
 class _SegmentPrompts:
     session: object
     mask: np.ndarray  # the session's mask as last written to the segment (the session's own is a live view)
-    clicks: List[Click] = field(default_factory=list)
+    clicks: List[Click] = field(default_factory=list)  # in world RAS, where their markups are drawn
 
     def edit(self, prediction) -> Edit:
         region = tuple(prediction.region)

@@ -15,25 +15,23 @@ from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 from SAMMed3DLib import weights
-from SAMMed3DLib.errors import SAMMed3DError
-from SAMMed3DLib.predictors import BACKENDS, DEVICES, load_predictor
+from SAMMed3DLib.backends.predictor import BACKENDS, DEVICES, Predictor, load_predictor
+from SAMMed3DLib.errors import SAMMed3DError, UnknownChoice
 
 LOCAL_FILE = "local file"  # the model choice that reads `local_path` instead of a registry entry
 
-# import name -> pip requirement, for the packages SAMMed3DLib imports that Slicer does not ship.
-# torch is absent on purpose: it is installed through the PyTorch extension (PyTorchUtils), which picks the
-# CPU or CUDA build that fits the machine.
-_PIP = {
+# import name -> pip requirement, for the packages SAMMed3DLib imports that Slicer does not ship; the same floors as
+# pyproject.toml's (Testing/test_slicer_setup.py compares them). torch is installed through the PyTorch extension
+# (PyTorchUtils), which picks the CPU or CUDA build that fits the machine, asked for `TORCH_REQUIREMENT`.
+REQUIREMENTS = {
     "scipy": "scipy>=1.8",
-    "tqdm": "tqdm>=4.60",
     "onnxruntime": "onnxruntime>=1.17",
     "safetensors": "safetensors>=0.4",
+    "torch": "torch>=2.5",  # torch.serialization.safe_globals, for weights_only loading with an allow-list
 }
-_NEEDS = {"torch": ("torch", "scipy", "tqdm", "safetensors"), "onnx": ("onnxruntime", "scipy", "tqdm")}
-# Older torch cannot load checkpoints with the allow-list (torch.serialization.safe_globals); PyTorchUtils is asked
-# for this version, and an older one counts as missing.
-MINIMUM_TORCH = (2, 5)
-TORCH_REQUIREMENT = ">=" + ".".join(map(str, MINIMUM_TORCH))
+_NEEDS = {"torch": ("torch", "scipy", "safetensors"), "onnx": ("onnxruntime", "scipy")}
+TORCH_REQUIREMENT = REQUIREMENTS["torch"][len("torch"):]
+MINIMUM_TORCH = tuple(int(part) for part in TORCH_REQUIREMENT.lstrip(">=").split("."))
 
 SETTINGS_KEYS = {
     "model": "SAMMed3D/Model",
@@ -56,21 +54,20 @@ class ModelSettings:
     def validated(self) -> ModelSettings:
         """Self, or a SAMMed3DError that says which choice is wrong and what to pick."""
         if self.backend not in BACKENDS:
-            raise SAMMed3DError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
+            raise UnknownChoice("backend", self.backend, tuple(BACKENDS))
         if self.device not in DEVICES:
-            raise SAMMed3DError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
+            raise UnknownChoice("device", self.device, DEVICES)
         if self.model == LOCAL_FILE:
             if not self.local_path:
                 raise SAMMed3DError("choose the model file (or, for ONNX Runtime, the exported model folder)")
         elif weights.find(self.model) is None:
-            names = ", ".join(e.name for e in weights.REGISTRY)
-            raise SAMMed3DError(f"unknown model {self.model!r}; choose one of {names}, or a local file")
+            raise UnknownChoice("model", self.model, [e.name for e in weights.REGISTRY] + [LOCAL_FILE])
         if self.backend == "onnx" and self.device == "mps":
             raise SAMMed3DError("ONNX Runtime runs on auto, cpu or cuda here; choose one of those, or PyTorch for mps")
         if self.backend == "onnx" and self.model != LOCAL_FILE:
             raise SAMMed3DError(
-                "ONNX Runtime runs an exported model folder: choose 'local file' and the folder written by "
-                "`sammed3d export-onnx`, or choose the PyTorch backend"
+                "ONNX Runtime runs an exported model folder: choose 'local file' and an ONNX export folder, or choose "
+                "the PyTorch backend"
             )
         return self
 
@@ -112,7 +109,7 @@ def missing_packages(backend: str, is_installed: Callable[[str], bool] = _usable
     needed = _NEEDS[backend]
     return (
         "torch" in needed and not is_installed("torch"),
-        [_PIP[name] for name in needed if name != "torch" and not is_installed(name)],
+        [REQUIREMENTS[name] for name in needed if name != "torch" and not is_installed(name)],
     )
 
 
@@ -126,17 +123,17 @@ def model_file(settings: ModelSettings) -> Optional[Path]:
     return weights.cached(settings.model)
 
 
-def create_predictor(settings: ModelSettings, path: Path):
-    """The predictor for the settings and a model file: (predictor, device name)."""
+def create_predictor(settings: ModelSettings, path: Path) -> Predictor:
+    """The predictor for the settings and a model file."""
     settings.validated()
     return load_predictor(settings.backend, path, settings.device)
 
 
-def status_text(backend: str, device: str, timings: Optional[Mapping[str, float]] = None) -> str:
+def status_text(predictor: Predictor, timings: Optional[Mapping[str, float]] = None) -> str:
     """The effect's status line: where the model runs and what the last click cost, e.g.
     `PyTorch on cuda | last click 1.21 s (encode 1.02 s, decode 0.05 s, ...)`. `timings` are a session
     Prediction's: seconds per stage, and "total" if the session measured it (else the stages' sum)."""
-    text = f"{BACKENDS.get(backend, backend)} on {device}"
+    text = predictor.label
     if timings:
         stages = {name: seconds for name, seconds in timings.items() if name != "total"}
         total = timings.get("total", sum(stages.values()))
@@ -147,28 +144,29 @@ def status_text(backend: str, device: str, timings: Optional[Mapping[str, float]
 
 class BackgroundDownload:
     """A registry checkpoint (or a URL with its SHA256) downloaded in a worker thread, so that Slicer's main
-    thread can show progress and stay responsive. `fraction()` reads the size of the `.part` file that
-    `weights.download` appends to; the SHA256 check and the atomic move into the cache are `weights.download`'s.
-    Only network I/O runs in the thread: nothing touches Qt or the scene there."""
+    thread can show progress and stay responsive. Progress comes from `weights.fetch`'s callback; the SHA256 check
+    and the atomic move into the cache are `weights.fetch`'s. Only network I/O runs in the thread: nothing touches
+    Qt or the scene there."""
 
-    def __init__(self, name_or_url: str, sha256: Optional[str] = None, size: Optional[int] = None) -> None:
-        entry = weights.find(name_or_url)
-        filename = entry.filename if entry else Path(name_or_url.rstrip("/")).name
-        self._part = weights.cache_dir() / (filename + ".part")
-        self._size = size if size is not None else (entry.size if entry else None)
+    def __init__(self, name_or_url: str, sha256: Optional[str] = None) -> None:
+        self._source = weights.source(name_or_url, sha256)
+        self._received, self._total = 0, self._source.size
         self.path: Optional[Path] = None
         self.error: Optional[BaseException] = None
-        self._thread = threading.Thread(target=self._run, args=(name_or_url, sha256), daemon=True)
+        self._thread = threading.Thread(target=self._run, daemon=True)
 
     def start(self) -> BackgroundDownload:
         self._thread.start()
         return self
 
-    def _run(self, name_or_url: str, sha256: Optional[str]) -> None:
+    def _run(self) -> None:
         try:
-            self.path = weights.download(name_or_url, sha256=sha256, progress=None)
+            self.path = weights.fetch(self._source, on_progress=self._progress)
         except BaseException as error:  # handed to the main thread, which reports it
             self.error = error
+
+    def _progress(self, received: int, total: Optional[int]) -> None:
+        self._received, self._total = received, total or self._total
 
     @property
     def done(self) -> bool:
@@ -182,13 +180,9 @@ class BackgroundDownload:
         """Share received so far (None while the size is unknown)."""
         if self.path is not None:
             return 1.0
-        if not self._size:
+        if not self._total:
             return None
-        try:
-            received = self._part.stat().st_size
-        except FileNotFoundError:  # not started yet, or just renamed into the cache by the worker thread
-            received = 0
-        return min(received / self._size, 0.99)
+        return min(self._received / self._total, 0.99)
 
     def result(self) -> Path:
         """The verified file; raises the download's error."""

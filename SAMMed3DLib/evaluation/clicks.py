@@ -16,11 +16,13 @@ from typing import Any, Optional
 
 import numpy as np
 
+from SAMMed3DLib.interactive.geometry import interior_voxel
+
 PROTOCOLS = ("random", "ritm")
 
 
 @dataclass(frozen=True)
-class Click:
+class SimulatedClick:
     """A voxel index (in the mask's axis order) and whether it includes (positive) or excludes the voxel."""
 
     index: tuple[int, int, int]
@@ -45,21 +47,13 @@ def _uniform(region: np.ndarray, rng: np.random.Generator) -> tuple[int, int, in
     return tuple(int(i) for i in np.unravel_index(flat[rng.integers(len(flat))], region.shape))
 
 
-def interior_voxel(region: np.ndarray, spacing: Optional[tuple[float, float, float]] = None) -> tuple[int, int, int]:
-    """The voxel of `region` farthest from its border (the array's edge counts as border), in mm with `spacing`."""
-    from scipy.ndimage import distance_transform_edt
-
-    distance = distance_transform_edt(np.pad(region, 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
-    return tuple(int(i) for i in np.unravel_index(int(np.argmax(distance)), region.shape))
-
-
 def next_click(
     truth: Any,
     prediction: Any = None,
     rng: Optional[np.random.Generator] = None,
     protocol: str = "random",
     spacing: Optional[tuple[float, float, float]] = None,
-) -> Click:
+) -> SimulatedClick:
     """The next simulated click on one 3D mask pair; `prediction=None` gives the first click.
 
     When the prediction is already perfect there is no error to correct: the click is then a positive one in the
@@ -82,11 +76,11 @@ def next_click(
         false_negative, fn_count = truth, int(truth.sum())
     if protocol == "ritm":
         positive = fn_count >= fp_count
-        return Click(interior_voxel(false_negative if positive else false_positive, spacing), positive)
+        return SimulatedClick(interior_voxel(false_negative if positive else false_positive, spacing), positive)
     if rng is None:
         raise ValueError("the random click protocol needs a numpy Generator (rng)")
     index = _uniform(false_negative | false_positive, rng)
-    return Click(index, bool(false_negative[index]))
+    return SimulatedClick(index, bool(false_negative[index]))
 
 
 def next_clicks(

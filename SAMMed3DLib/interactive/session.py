@@ -7,34 +7,39 @@
 
 Each click runs one round as the model was trained and evaluated: the newest click plus the previous round's 32^3
 logits as mask prompt (all zero on the first round). The image embedding of each region of interest (ROI) is
-cached, so a click inside an existing ROI costs one decoder run and one paste-back.
+cached, so a click inside an existing ROI costs one decoder run and one paste-back. The cache holds at most
+`EMBEDDING_CACHE_BYTES`, dropping the least recently used embeddings first (an undone ROI's embedding stays
+until then, so redoing the click does not encode again).
 """
 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from SAMMed3DLib.clicks import interior_voxel
-from SAMMed3DLib.geometry import (
+from SAMMed3DLib.interactive.geometry import (
     LOGITS_SIZE,
     PatchFrame,
     Region,
     Volume,
     frame_region,
-    paste_mask,
+    interior_voxel,
     patch_frame,
 )
-from SAMMed3DLib.predictors import Predictor
-from SAMMed3DLib.preprocess import is_ct, prepare_patch, resample_into
+from SAMMed3DLib.interactive.preprocess import chosen_modality, prepare_patch
+from SAMMed3DLib.interactive.resample import paste_mask, resample_into
 
-MODALITIES = ("auto", "ct", "mr")
+if TYPE_CHECKING:
+    from SAMMed3DLib.backends.predictor import Predictor
+
 CLICK_MARGIN = 8  # patch voxels (12 mm): a click closer than this to every ROI's faces opens a new ROI
-PROMPT_LOGIT_SCALE = 8.0  # an existing mask as mask prompt: full voxels -> +4, empty -> -4 (logit 0 = half full)
+MASK_LOGIT_SCALE = 8.0  # a mask as mask-prompt logits: full voxels -> +4, empty -> -4 (logit 0 = half full)
 UNDO_BYTES = 512 * 2**20  # overwritten mask voxels kept for undo; the oldest steps are dropped beyond this
+EMBEDDING_CACHE_BYTES = 256 * 2**20  # about 330 embeddings of 384x8x8x8 float32; least recently used dropped first
 
 
 @dataclass(frozen=True)
@@ -108,14 +113,11 @@ class InteractiveSession:
         initial_mask: Optional[np.ndarray] = None,
         max_rois: int = 8,
     ):
-        if modality not in MODALITIES:
-            raise ValueError(f"modality must be one of {', '.join(MODALITIES)}, got {modality!r}")
         if max_rois < 1:
             raise ValueError(f"max_rois must be at least 1, got {max_rois}")
         self.predictor = predictor
         self.volume = volume
-        self.is_ct = is_ct(volume) if modality == "auto" else modality == "ct"
-        self.modality = "ct" if self.is_ct else "mr"
+        self.modality = chosen_modality(modality, volume)
         self.max_rois = max_rois
         if initial_mask is None:
             self._initial = np.zeros(volume.array.shape, np.uint8)
@@ -130,7 +132,7 @@ class InteractiveSession:
         self._rois: Tuple[_Roi, ...] = ()
         self._clicks: Tuple[Click, ...] = ()
         self._history: List[_Step] = []
-        self._embeddings: Dict[PatchFrame, object] = {}  # survives undo and reset
+        self._embeddings: OrderedDict[PatchFrame, Any] = OrderedDict()  # survives undo and reset; see the docstring
 
     @property
     def clicks(self) -> Tuple[Click, ...]:
@@ -270,15 +272,20 @@ class InteractiveSession:
         paste_mask(self.volume, roi.frame, logits[0, 0], self._mask)
         timings["paste"] += time.perf_counter() - started
 
-    def _embedding(self, frame: PatchFrame, timings) -> object:
-        if frame not in self._embeddings:
-            started = time.perf_counter()
-            image = prepare_patch(self.volume, frame, self.is_ct)[None, None]
-            encode_started = time.perf_counter()
-            timings["preprocess"] += encode_started - started
-            self._embeddings[frame] = self.predictor.encode(image)
-            timings["encode"] += time.perf_counter() - encode_started
-        return self._embeddings[frame]
+    def _embedding(self, frame: PatchFrame, timings) -> Any:
+        if frame in self._embeddings:
+            self._embeddings.move_to_end(frame)
+            return self._embeddings[frame]
+        started = time.perf_counter()
+        image = prepare_patch(self.volume, frame, self.modality)[None, None]
+        encode_started = time.perf_counter()
+        timings["preprocess"] += encode_started - started
+        embedding = self.predictor.encode(image)
+        timings["encode"] += time.perf_counter() - encode_started
+        self._embeddings[frame] = embedding
+        while len(self._embeddings) > 1 and sum(map(_nbytes, self._embeddings.values())) > EMBEDDING_CACHE_BYTES:
+            self._embeddings.popitem(last=False)
+        return embedding
 
     def _mask_prompt(self, frame: PatchFrame, timings) -> np.ndarray:
         """The current mask on the ROI's 32^3 logits grid as logits; all zero where the mask is empty there."""
@@ -288,7 +295,7 @@ class InteractiveSession:
         if self._mask[frame_region(self.volume, frame)].any():
             fraction = resample_into(Volume(self._mask, self.volume.ijk_to_ras), coarse, "linear")
             if fraction.any():
-                prompt[0, 0] = (fraction - 0.5) * PROMPT_LOGIT_SCALE
+                prompt[0, 0] = (fraction - 0.5) * MASK_LOGIT_SCALE
         timings["preprocess"] += time.perf_counter() - started
         return prompt
 
@@ -296,6 +303,13 @@ class InteractiveSession:
         for region, values in reversed(step.overwritten):
             self._mask[region] = values
         self._rois, self._clicks = step.rois, step.clicks
+
+
+def _nbytes(embedding: Any) -> int:
+    """Bytes an embedding holds: numpy arrays and torch tensors alike."""
+    if hasattr(embedding, "element_size"):
+        return int(embedding.element_size() * embedding.nelement())
+    return int(np.asarray(embedding).nbytes)
 
 
 def _margin(frame: PatchFrame, ras) -> float:

@@ -1,4 +1,4 @@
-"""Volumes in physical space, the model's canonical patch frame, and pasting patch logits back onto a volume.
+"""Volumes in physical space and the model's canonical patch frame (resampling between them: `resample`).
 
 Conventions: a volume's voxels are a numpy array in K,J,I order (slice, row, column), as Slicer's `arrayFromVolume`
 and SimpleITK's `GetArrayFromImage` give them; its geometry is the 4x4 IJK->RAS matrix. Files (ITK, NRRD, NIfTI,
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -270,92 +270,10 @@ def frame_region(volume: Volume, frame: PatchFrame) -> Region:
     return tuple(region)
 
 
-def linear_weights(coords: np.ndarray, size: int) -> Tuple[np.ndarray, np.ndarray]:
-    """1D linear interpolation at continuous indices `coords` of a `size`-long grid: the lower neighbour's index and
-    the upper neighbour's weight, clamping beyond the outer voxel centres (as trilinear upsampling with
-    align_corners=False does). The value is `v[low] + weight * (v[low + 1] - v[low])`."""
-    coords = np.clip(coords, 0, size - 1)
-    low = np.clip(np.floor(coords).astype(np.int64), 0, max(size - 2, 0))
-    return low, (coords - low).astype(np.float32)
+def interior_voxel(region: np.ndarray, spacing: Optional[Tuple[float, float, float]] = None) -> Tuple[int, int, int]:
+    """The voxel of a 3D mask farthest from its border (the array's edge counts as border; in mm with `spacing`,
+    in the array's axis order); the first such voxel in C order on ties."""
+    from scipy.ndimage import distance_transform_edt
 
-
-def interpolate_along(values: np.ndarray, axis: int, low: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """Linear interpolation of `values` along `axis` at the lower neighbours `low` with the upper neighbours'
-    weights (see `linear_weights`), as float32: two gathers, combined in place."""
-    shape = [1] * values.ndim
-    shape[axis] = -1
-    below = np.take(values, low, axis=axis).astype(np.float32, copy=False)
-    result = np.take(values, np.minimum(low + 1, values.shape[axis] - 1), axis=axis).astype(np.float32, copy=False)
-    result -= below
-    result *= weight.reshape(shape)
-    result += below
-    return result
-
-
-def paste_logits(volume: Volume, frame: PatchFrame, logits: np.ndarray) -> Tuple[Region, np.ndarray]:
-    """Interpolate coarse logits ((n,n,n) over `frame`'s cube, patch axis order) linearly in physical space onto the
-    volume voxels inside the cube. Returns the K,J,I region and the float32 logits there."""
-    region = frame_region(volume, frame)
-    coarse, weights = _paste_plan(volume, frame, logits, region)
-    values = np.zeros(tuple(len(low) for low, _ in weights), np.float32)
-    for k, base, step in _interpolated_slices(coarse, weights):
-        np.subtract(base, step, out=values[k])
-    return region, values
-
-
-def paste_mask(volume: Volume, frame: PatchFrame, logits: np.ndarray, mask: np.ndarray) -> Region:
-    """`paste_logits` thresholded at 0 straight into `mask` (a bool or uint8 array on the volume's grid). Returns the
-    K,J,I region written; the rest of `mask` is untouched.
-
-    Only the box of volume voxels that have a positive logit among their 8 interpolation corners is interpolated (a
-    convex combination of values <= 0 is <= 0), slice by slice: a small object costs little even on a fine grid.
-    """
-    region = frame_region(volume, frame)
-    target = mask[region]
-    target = target.view(bool) if target.dtype == np.uint8 else target
-    target[...] = False
-    coarse, weights = _paste_plan(volume, frame, logits, region)
-    positive = coarse > 0
-    if not positive.any():
-        return region
-    box = []
-    for axis, (low, weight) in enumerate(weights):
-        cells = np.flatnonzero(positive.any(axis=tuple(a for a in range(3) if a != axis)))
-        used = np.flatnonzero((low + (weight > 0) >= cells[0]) & (low <= cells[-1]))
-        box.append(slice(used[0], used[-1] + 1) if len(used) else slice(0, 0))
-    weights = [(low[part], weight[part]) for (low, weight), part in zip(weights, box)]
-    target = target[tuple(box)]
-    for k, base, step in _interpolated_slices(coarse, weights):
-        np.greater(base, step, out=target[k])
-    return region
-
-
-def _paste_plan(volume: Volume, frame: PatchFrame, logits: np.ndarray, region: Region):
-    """The coarse logits in the volume's array axis order (K,J,I) and, per array axis, the `linear_weights` of the
-    region's voxels on the coarse grid."""
-    logits = np.asarray(logits, dtype=np.float32)
-    mapping = axis_map(volume, frame.logits_frame(logits.shape[0]))
-    coarse = np.ascontiguousarray(logits.transpose(np.argsort(mapping.array_axis)))
-    weights = [None, None, None]
-    for r in range(3):
-        axis = mapping.array_axis[r]
-        indices = np.arange(region[axis].start, region[axis].stop, dtype=np.float64)
-        weights[axis] = linear_weights((indices - mapping.offset[r]) / mapping.scale[r], logits.shape[r])
-    return coarse, weights
-
-
-def _interpolated_slices(coarse: np.ndarray, weights):
-    """Yield (k, base, step) per output slice k, the interpolated values being `base - step` (float32; `step` is a
-    reused buffer): so a threshold at 0 is one comparison, `base > step`.
-
-    Separable: the coarse values are interpolated along I and J first (small), then each output slice is one
-    interpolation between two coarse slices, so each output voxel costs a multiply and a comparison.
-    """
-    if any(len(low) == 0 for low, _ in weights):
-        return
-    values = interpolate_along(interpolate_along(coarse, 2, *weights[2]), 1, *weights[1])  # (coarse K, nJ, nI)
-    difference = values[:-1] - values[1:] if len(values) > 1 else np.zeros_like(values)
-    step = np.empty(values.shape[1:], np.float32)
-    for k, (low, weight) in enumerate(zip(*weights[0])):
-        np.multiply(difference[low], weight, out=step)
-        yield k, values[low], step
+    distance = distance_transform_edt(np.pad(region, 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
+    return tuple(int(i) for i in np.unravel_index(int(np.argmax(distance)), region.shape))

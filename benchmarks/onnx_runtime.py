@@ -1,7 +1,7 @@
 """ONNX Runtime against torch on the CPU: encode and decode times of the published network (vit_b_ori) with random
 weights, in one run.
 
-    python benchmarks/onnx.py [--repeats 5]
+    python benchmarks/onnx_runtime.py [--repeats 5]
 
 Exports the network into a temporary folder (checked against torch), then times `TorchPredictor` and
 `OnnxPredictor(providers="cpu")` alternately on the same inputs, so that both see the same machine load:
@@ -19,21 +19,15 @@ import statistics
 import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Callable, Dict, List
 
-# Run as a script, this file's folder heads sys.path, and this file would shadow the `onnx` package: drop it.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent / "Testing"))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from random_weights import random_model  # noqa: E402
-
-from SAMMed3DLib.onnx_backend import OnnxPredictor  # noqa: E402
-from SAMMed3DLib.onnx_export import export_model  # noqa: E402
-from SAMMed3DLib.predictors import TorchPredictor  # noqa: E402
+from SAMMed3DLib.backends.onnx_export import export_model
+from SAMMed3DLib.backends.onnx_predictor import OnnxPredictor
+from SAMMed3DLib.backends.torch_predictor import TorchPredictor
+from SAMMed3DLib.testing.random_weights import random_model
 
 MAX_RATIO = 1.1
 

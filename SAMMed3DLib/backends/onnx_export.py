@@ -1,5 +1,5 @@
 """Export SAM-Med3D to ONNX: `encoder.onnx` (patch -> embedding) and `decoder.onnx` (prompt encoder and mask decoder
-together: any number of points, a 32^3 mask prompt), for `SAMMed3DLib.onnx_backend.OnnxPredictor`.
+together: any number of points, a 32^3 mask prompt), for `SAMMed3DLib.backends.onnx_predictor.OnnxPredictor`.
 
 The export traces the torch network with the TorchScript-based exporter (`torch.onnx.export(dynamo=False)`): the
 torch.export-based one fails on this encoder in torch 2.13 (a view error in its decomposition of
@@ -22,9 +22,7 @@ import torch
 from torch import nn
 
 from SAMMed3DLib import __version__
-from SAMMed3DLib.errors import SAMMed3DError
-from SAMMed3DLib.model import SamMed3D, load_sam_med3d
-from SAMMed3DLib.onnx_backend import (
+from SAMMed3DLib.backends.onnx_predictor import (
     CHECKPOINT_NAME_KEY,
     CHECKPOINT_SHA256_KEY,
     DECODER_FILE,
@@ -36,6 +34,8 @@ from SAMMed3DLib.onnx_backend import (
     VERSION_KEY,
     OnnxPredictor,
 )
+from SAMMed3DLib.errors import MissingPackages, SAMMed3DError
+from SAMMed3DLib.model import SamMed3D, load_sam_med3d
 
 OPSET = 18
 # Largest |ONNX Runtime - torch| accepted by the check, relative to max(1, largest |torch value|).
@@ -104,17 +104,13 @@ def export_model(
 
 def _require_onnx_packages() -> None:
     """The exporter needs `onnx`, the check after it ONNX Runtime: say so in one line rather than halfway through."""
-    import importlib.util
-
-    missing = [name for name in ("onnx", "onnxruntime") if importlib.util.find_spec(name) is None]
-    if missing:
-        raise SAMMed3DError(f"exporting to ONNX needs {' and '.join(missing)}: pip install 'SAMMed3DLib[onnx]'")
+    MissingPackages.require("exporting to ONNX", "onnx", "onnx", "onnxruntime")
 
 
 def _output_folder(output: Union[str, Path]) -> Path:
     output = Path(output).expanduser()
     if output.exists() and not output.is_dir():
-        raise SAMMed3DError(f"--output {output} is a file; give a folder")
+        raise SAMMed3DError(f"{output} is a file, not a folder for the exported model")
     output.mkdir(parents=True, exist_ok=True)
     return output
 
@@ -153,7 +149,7 @@ def _export_encoder(model: SamMed3D, path: Path) -> None:
 
 def _export_decoder(model: SamMed3D, path: Path) -> None:
     config = model.config
-    grid, logits_size = config.image_size // config.patch_size, config.image_size // 4
+    grid, logits_size = config.image_size // config.patch_size, config.logits_size
     embedding = torch.zeros(1, config.prompt_dim, grid, grid, grid)
     points = torch.full((1, 3, 3), config.image_size / 2)
     labels = torch.tensor([[1, 0, 1]])
@@ -183,7 +179,7 @@ def check_export(model: SamMed3D, directory: Path, seed: int = 0) -> Dict[str, f
     raises SAMMed3DError if one exceeds `TOLERANCE` relative to max(1, the largest torch value)."""
     config = model.config
     generator = torch.Generator().manual_seed(seed)
-    size, logits_size = config.image_size, config.image_size // 4
+    size, logits_size = config.image_size, config.logits_size
     predictor = OnnxPredictor(directory, providers="cpu")
     image = torch.randn(1, 1, size, size, size, generator=generator)
     expected = model.encode(image)

@@ -16,7 +16,7 @@ import numpy as np
 import vtk
 from vtk.util import numpy_support
 
-from SAMMed3DLib.geometry import Region
+from SAMMed3DLib.interactive.geometry import Region
 
 Extent = Tuple[int, int, int, int, int, int]  # VTK order: i0, i1, j0, j1, k0, k1 (inclusive)
 

@@ -1,5 +1,5 @@
-"""A synthetic scene with a known answer, shared by the Slicer self-tests and their pytest twins: an L-shaped slab
-and a ball, bright on a noisy background, on an anisotropic grid, meant to be placed under oblique matrices."""
+"""Synthetic scenes with a known answer: an L-shaped slab and a ball on an anisotropic grid, meant to be placed under
+oblique matrices (the Slicer self-tests and their pytest twins), and a bright box in an MR-like volume."""
 
 from __future__ import annotations
 
@@ -29,3 +29,11 @@ def letter_and_ball() -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     ball = ((k - 15) * SPACING[2]) ** 2 + ((j - 72) * SPACING[1]) ** 2 + ((i - 62) * SPACING[0]) ** 2 <= 13.0**2
     voxels = np.random.default_rng(0).normal(0, 20, SHAPE) + 600 * (letter_l | ball)
     return voxels.astype(np.int16), letter_l, ball
+
+
+def bright_box():
+    """(float32 K,J,I voxels, IJK->RAS matrix): a bright asymmetric box in an MR-like volume at 1 x 1 x 2 mm."""
+    rng = np.random.default_rng(3)
+    array = rng.normal(100, 10, (48, 96, 96)).astype(np.float32)
+    array[14:30, 30:70, 25:60] += 400
+    return array, np.diag([1.0, 1.0, 2.0, 1.0])

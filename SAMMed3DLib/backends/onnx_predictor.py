@@ -1,11 +1,11 @@
 """SAM-Med3D on ONNX Runtime: the predictor protocol without PyTorch, on CPU or CUDA.
 
-    predictor = OnnxPredictor("sam_med3d_onnx")            # a folder written by `sammed3d export-onnx`
+    predictor = OnnxPredictor("sam_med3d_onnx")            # a folder written by the ONNX export (onnx_export.py)
     session = InteractiveSession(predictor, Volume.read("ct.nrrd"))
 
 This module needs only numpy and onnxruntime (or onnxruntime-gpu for CUDA), so Slicer and other hosts where
 installing PyTorch fails can still run the network. The file names, tensor names and metadata keys below are what
-`SAMMed3DLib.onnx_export` writes.
+`SAMMed3DLib.backends.onnx_export` writes.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from typing import Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 
-from SAMMed3DLib.errors import SAMMed3DError
+from SAMMed3DLib.backends.predictor import BACKENDS
+from SAMMed3DLib.errors import DeviceUnavailable, MissingPackages, NotAnExport, SAMMed3DError, UnknownChoice
 
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
@@ -33,12 +34,9 @@ _CUDA = "CUDAExecutionProvider"
 
 
 def _import_onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise SAMMed3DError(
-            "the ONNX backend needs ONNX Runtime: pip install onnxruntime (CPU) or onnxruntime-gpu (CUDA)"
-        ) from None
+    MissingPackages.require("the ONNX Runtime backend", "onnx", "onnxruntime")
+    import onnxruntime
+
     return onnxruntime
 
 
@@ -57,10 +55,9 @@ def _requested_providers(providers: Union[str, Sequence[str]], available: Sequen
         return [_CPU]
     if name == "cuda":
         if _CUDA not in available:
-            raise SAMMed3DError("ONNX Runtime has no CUDA provider here: install onnxruntime-gpu instead of "
-                                "onnxruntime, or use providers 'cpu' or 'auto'")
+            raise DeviceUnavailable("cuda", "this ONNX Runtime has no CUDA provider; onnxruntime-gpu has one")
         return [_CUDA, _CPU]
-    raise SAMMed3DError(f"unknown ONNX Runtime providers {providers!r}; choose auto, cpu, cuda or a list of names")
+    raise UnknownChoice("ONNX Runtime providers", providers, ("auto", "cpu", "cuda", "a list of provider names"))
 
 
 class OnnxPredictor:
@@ -68,19 +65,17 @@ class OnnxPredictor:
 
     `providers`: "auto" uses CUDA when onnxruntime-gpu is installed and a GPU answers (ONNX Runtime falls back to
     the CPU when CUDA fails to start), else the CPU; "cuda" (or a list naming CUDA) fails unless CUDA really runs.
-    `self.providers` lists what ONNX Runtime actually uses, `self.metadata` the export's metadata (package version,
-    source checkpoint's sha256).
+    `self.providers` lists what ONNX Runtime actually uses (`device` and `label` say it in short), `self.metadata` the
+    export's metadata (package version, source checkpoint's sha256).
     """
 
     def __init__(self, directory: Union[str, Path], providers: Union[str, Sequence[str]] = "auto"):
         directory = Path(directory).expanduser()
         if not directory.is_dir():
-            raise SAMMed3DError(f"ONNX model folder {directory} does not exist (write one with `sammed3d export-onnx "
-                                "--checkpoint PATH_OR_NAME --output DIR`)")
+            raise NotAnExport(directory, "no such folder")
         missing = [name for name in (ENCODER_FILE, DECODER_FILE) if not (directory / name).is_file()]
         if missing:
-            raise SAMMed3DError(f"{directory} lacks {' and '.join(missing)}: not a folder written by "
-                                "`sammed3d export-onnx`")
+            raise NotAnExport(directory, f"it lacks {' and '.join(missing)}")
         ort = _import_onnxruntime()
         requested = _requested_providers(providers, ort.get_available_providers())
         options = ort.SessionOptions()
@@ -89,8 +84,10 @@ class OnnxPredictor:
         self._decoder = self._open(ort, directory / DECODER_FILE, options, requested, DECODER_INPUTS)
         self.providers: List[str] = self._encoder.get_providers()
         if _CUDA in requested and _CUDA not in self.providers and providers != "auto":
-            raise SAMMed3DError("ONNX Runtime could not start CUDA (no usable NVIDIA GPU, or CUDA/cuDNN libraries "
-                                "missing); use providers 'cpu' or 'auto'")
+            raise DeviceUnavailable("cuda", "ONNX Runtime could not start CUDA: no usable NVIDIA GPU, or the CUDA or "
+                                    "cuDNN libraries are missing")
+        self.device = "cuda" if _CUDA in self.providers else "cpu"
+        self.label = f"{BACKENDS['onnx']} on {self.device}"
         self.metadata: Dict[str, str] = dict(self._encoder.get_modelmeta().custom_metadata_map)
         self.directory = directory
 
@@ -103,8 +100,7 @@ class OnnxPredictor:
             raise SAMMed3DError(f"{path} is not a readable ONNX model ({reason})") from None
         found = tuple(item.name for item in session.get_inputs())
         if found != inputs:
-            raise SAMMed3DError(f"{path} has inputs {', '.join(found)}, expected {', '.join(inputs)}: not written "
-                                "by `sammed3d export-onnx`")
+            raise NotAnExport(path.parent, f"{path.name} has inputs {', '.join(found)}, not {', '.join(inputs)}")
         return session
 
     def encode(self, image: np.ndarray) -> np.ndarray:
