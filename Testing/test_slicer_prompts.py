@@ -1,6 +1,6 @@
 """Per-segment prompt bookkeeping (SAMMed3DLib.slicer.prompts), with the real InteractiveSession and the threshold
-oracle, writing into plain arrays that behave as Slicer's default overwrite mode does (a voxel added to one segment
-leaves the others). The same bookkeeping on Slicer's own libraries is Testing/test_effect.py."""
+oracle, writing into arrays that behave as Slicer's default overwrite mode does (SAMMed3DLib.testing.segments). The
+same bookkeeping on Slicer's own libraries is Testing/test_effect.py."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from SAMMed3DLib.interactive.geometry import Volume
 from SAMMed3DLib.interactive.session import Click, EmbeddingCache, InteractiveSession
 from SAMMed3DLib.slicer.prompts import PromptBook, UndoChain
 from SAMMed3DLib.testing.oracle import ThresholdPredictor
+from SAMMed3DLib.testing.segments import SegmentStore
 
 SHAPE = (36, 48, 40)
 OBJECT_A = np.s_[8:20, 10:30, 6:18]
@@ -32,45 +33,6 @@ def volume() -> Volume:
     return Volume(array, ijk_to_ras)
 
 
-class Segments:
-    """Segments as arrays, written as the Segment Editor writes with its default overwrite mode."""
-
-    def __init__(self, *ids):
-        self.arrays = {segment_id: np.zeros(SHAPE, np.uint8) for segment_id in ids}
-        self.stamps = {segment_id: 0 for segment_id in ids}
-
-    def read(self, segment_id):
-        return lambda region: self.arrays[segment_id][region].copy()
-
-    def paint(self, segment_id, region, value=1):
-        """Another tool: set voxels (taking them from the others)."""
-        if value:
-            for other, array in self.arrays.items():
-                if other != segment_id:
-                    array[region] = 0
-        self.arrays[segment_id][region] = value
-        for other in self.stamps:
-            self.stamps[other] += 1
-
-    def write(self, book, segment_id, change):
-        """What the effect does with a change: add (taking from others), remove, give back; then tell the book."""
-        region = change.region
-        held = {o: a[region] > 0 for o, a in self.arrays.items() if o != segment_id}
-        add = change.add > 0
-        for other, array in self.arrays.items():
-            if other != segment_id:
-                array[region][add] = 0
-        target = self.arrays[segment_id][region]
-        target[add] = 1
-        target[change.remove > 0] = 0
-        for other, block in change.give_back.items():
-            self.arrays[other][region][block > 0] = 1
-        taken = {o: block & add & ~(self.arrays[o][region] > 0) for o, block in held.items()}
-        for other in self.stamps:
-            self.stamps[other] += 1
-        book.written(("seg", segment_id), change, self.read(segment_id), taken, self.stamps[segment_id])
-
-
 def _book(volume: Volume, seeds: list) -> PromptBook:
     embeddings = EmbeddingCache()
 
@@ -84,11 +46,15 @@ def _book(volume: Volume, seeds: list) -> PromptBook:
 def _click(book, segments, volume, segment_id, kji, positive=True, refine=False):
     k, j, i = kji
     ras = volume.ijk_to_ras_points(np.array([[i, j, k]], float))[0]
-    key = ("seg", segment_id)
-    book.reconcile(key, segments.read(segment_id), segments.stamps[segment_id])
+    key = segments.key(segment_id)
+    book.reconcile(key, segments.read(segment_id), segments.stamp)
     prediction, change = book.add_click(key, ras, Click(tuple(ras), positive), segments.read(segment_id), refine)
     segments.write(book, segment_id, change)
     return prediction, change
+
+
+def _store(*segment_ids) -> SegmentStore:
+    return SegmentStore(SHAPE, segment_ids, segmentation="seg")
 
 
 def _dice(mask, region):
@@ -100,94 +66,93 @@ def _dice(mask, region):
 
 def test_clicks_write_their_box_and_segments_keep_their_own_prompts(volume):
     seeds: list = []
-    book, segments = _book(volume, seeds), Segments("A", "B")
+    book, segments = _book(volume, seeds), _store("A", "B")
     prediction, change = _click(book, segments, volume, "A", IN_A)
-    assert _dice(segments.arrays["A"], OBJECT_A) >= 0.9
-    outside = segments.arrays["A"].copy()
+    assert _dice(segments.array("A"), OBJECT_A) >= 0.9
+    outside = segments.array("A").copy()
     outside[change.region] = 0
     assert not outside.any() and not change.remove.any()
-    np.testing.assert_array_equal(segments.arrays["A"], prediction.mask)
+    np.testing.assert_array_equal(segments.array("A"), prediction.mask)
     _click(book, segments, volume, "B", IN_B)
-    assert _dice(segments.arrays["B"], OBJECT_B) >= 0.9 and segments.arrays["B"][OBJECT_A].sum() == 0
+    assert _dice(segments.array("B"), OBJECT_B) >= 0.9 and segments.array("B")[OBJECT_A].sum() == 0
     assert [len(book.clicks(("seg", s))) for s in "AB"] == [1, 1] and seeds == [None, None]
     assert book.clicks(("other segmentation", "A")) == []  # keys are (segmentation, segment)
     assert book.nbytes > 0
 
 
 def test_exclude_clicks_and_reset_never_remove_the_segments_own_content(volume):
-    book, segments = _book(volume, []), Segments("A")
+    book, segments = _book(volume, []), _store("A")
     own = (slice(10, 16), slice(12, 20), slice(8, 30))  # painted before, over part of the object and beside it
     segments.paint("A", own)
-    painted = segments.arrays["A"].copy()
+    painted = segments.array("A").copy()
     _click(book, segments, volume, "A", IN_A)
     _click(book, segments, volume, "A", IN_A, positive=False)
-    np.testing.assert_array_equal(segments.arrays["A"][own], 1)
+    np.testing.assert_array_equal(segments.array("A")[own], 1)
     _click(book, segments, volume, "A", IN_A)
     segments.write(book, "A", book.reset(("seg", "A")))
-    np.testing.assert_array_equal(segments.arrays["A"], painted)
+    np.testing.assert_array_equal(segments.array("A"), painted)
 
 
 def test_with_refine_the_clicks_may_take_the_content_away_and_reset_restores_it(volume):
     seeds: list = []
-    book, segments = _book(volume, seeds), Segments("A")
+    book, segments = _book(volume, seeds), _store("A")
     segments.paint("A", OBJECT_A)
-    painted = segments.arrays["A"].copy()
+    painted = segments.array("A").copy()
     _click(book, segments, volume, "A", IN_A, positive=False, refine=True)
     np.testing.assert_array_equal(seeds[0], painted)  # the session started from the content
-    assert segments.arrays["A"][OBJECT_A].mean() < 0.1
+    assert segments.array("A")[OBJECT_A].mean() < 0.1
     segments.write(book, "A", book.reset(("seg", "A")))
-    np.testing.assert_array_equal(segments.arrays["A"], painted)
+    np.testing.assert_array_equal(segments.array("A"), painted)
 
 
 def test_what_a_click_took_from_another_segment_goes_back_when_removed(volume):
-    book, segments = _book(volume, []), Segments("A", "B")
+    book, segments = _book(volume, []), _store("A", "B")
     segments.paint("B", OBJECT_A)
     _click(book, segments, volume, "A", IN_A)
-    assert segments.arrays["B"].sum() < 0.2 * segments.arrays["A"].sum()
+    assert segments.array("B").sum() < 0.2 * segments.array("A").sum()
     _, change = _click(book, segments, volume, "A", IN_A, positive=False)
     assert set(change.give_back) == {"B"}
-    assert _dice(segments.arrays["B"], OBJECT_A) == 1.0
+    assert _dice(segments.array("B"), OBJECT_A) == 1.0
     segments.write(book, "A", book.undo(("seg", "A")))  # the exclude undone: A takes them again
-    assert _dice(segments.arrays["A"], OBJECT_A) >= 0.9
+    assert _dice(segments.array("A"), OBJECT_A) >= 0.9
     segments.write(book, "A", book.reset(("seg", "A")))
-    assert _dice(segments.arrays["B"], OBJECT_A) == 1.0 and segments.arrays["A"].sum() == 0
+    assert _dice(segments.array("B"), OBJECT_A) == 1.0 and segments.array("A").sum() == 0
 
 
 def test_a_segment_changed_outside_starts_again_from_its_content(volume):
     seeds: list = []
-    book, segments = _book(volume, seeds), Segments("A")
+    book, segments = _book(volume, seeds), _store("A")
     key = ("seg", "A")
     _click(book, segments, volume, "A", IN_A)
-    segments.stamps["A"] += 1  # another segment's edit in the same layer: a new stamp, the same voxels
-    assert not book.reconcile(key, segments.read("A"), segments.stamps["A"]) and len(book.clicks(key)) == 1
+    segments.stamp += 1  # another segment's edit in the same layer: a new stamp, the same voxels
+    assert not book.reconcile(key, segments.read("A"), segments.stamp) and len(book.clicks(key)) == 1
     segments.paint("A", OBJECT_A, value=0)  # erased by another tool
     segments.paint("A", (slice(0, 4), slice(0, 4), slice(0, 4)))  # and painted
-    assert book.reconcile(key, segments.read("A"), segments.stamps["A"])
+    assert book.reconcile(key, segments.read("A"), segments.stamp)
     assert book.clicks(key) == [] and len(seeds) == 2 and seeds[1] is None  # nothing of the session is left
     _click(book, segments, volume, "A", IN_A)
-    assert _dice(segments.arrays["A"], OBJECT_A) >= 0.85  # the click segments again, not "already there"
+    assert _dice(segments.array("A"), OBJECT_A) >= 0.85  # the click segments again, not "already there"
     _click(book, segments, volume, "A", IN_A, positive=False)
-    assert segments.arrays["A"][0:4, 0:4, 0:4].all()  # the paint is the segment's own
+    assert segments.array("A")[0:4, 0:4, 0:4].all()  # the paint is the segment's own
 
 
 def test_undo_in_step_follows_an_undo_that_restored_the_segment_exactly(volume):
-    book, segments = _book(volume, []), Segments("A")
+    book, segments = _book(volume, []), _store("A")
     key = ("seg", "A")
     _click(book, segments, volume, "A", IN_A)
-    after_first = segments.arrays["A"].copy()
+    after_first = segments.array("A").copy()
     _click(book, segments, volume, "A", IN_B)
-    after_second = segments.arrays["A"].copy()
-    segments.arrays["A"][...] = 0  # an undo that went further than the last click
-    segments.stamps["A"] += 1
-    assert not book.undo_in_step(key, segments.read("A"), segments.stamps["A"]) and len(book.clicks(key)) == 2
-    segments.arrays["A"][...] = after_first  # as the editor's undo of the last click restores it
-    assert book.undo_in_step(key, segments.read("A"), segments.stamps["A"]) and len(book.clicks(key)) == 1
+    after_second = segments.array("A").copy()
+    segments.restore("A", np.zeros(SHAPE, np.uint8))  # an undo that went further than the last click
+    assert not book.undo_in_step(key, segments.read("A"), segments.stamp) and len(book.clicks(key)) == 2
+    segments.restore("A", after_first)  # as the editor's undo of the last click restores it
+    assert book.undo_in_step(key, segments.read("A"), segments.stamp) and len(book.clicks(key)) == 1
     _click(book, segments, volume, "A", IN_B)  # the session followed: the same click gives the same result
-    np.testing.assert_array_equal(segments.arrays["A"], after_second)
+    np.testing.assert_array_equal(segments.array("A"), after_second)
 
 
 def test_a_click_outside_the_volume_is_refused_and_changes_nothing(volume):
-    book, segments = _book(volume, []), Segments("A")
+    book, segments = _book(volume, []), _store("A")
     key = ("seg", "A")
     outside = volume.ijk_to_ras_points(np.array([[12.0, 20.0, 14.0]]))[0] + [0.0, 500.0, 0.0]
     with pytest.raises(ValueError, match="outside the volume"):
@@ -203,14 +168,14 @@ def test_undo_beyond_the_session_memory_keeps_the_clicks(volume, monkeypatch):
     import SAMMed3DLib.interactive.session as session_module
 
     monkeypatch.setattr(session_module, "UNDO_BYTES", 1)  # the session keeps only the newest step
-    book, segments = _book(volume, []), Segments("A")
+    book, segments = _book(volume, []), _store("A")
     key = ("seg", "A")
     _click(book, segments, volume, "A", IN_A)
     _click(book, segments, volume, "A", IN_A, positive=False)
     assert book.undo(key) is not None and len(book.clicks(key)) == 1
     assert book.undo(key) is None and len(book.clicks(key)) == 1  # nothing undone, nothing forgotten
     segments.write(book, "A", book.reset(key))
-    assert segments.arrays["A"].sum() == 0 and book.clicks(key) == []
+    assert segments.array("A").sum() == 0 and book.clicks(key) == []
 
 
 def test_the_undo_chain_knows_its_clicks_while_the_segmentation_is_as_they_left_it():

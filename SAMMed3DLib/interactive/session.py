@@ -86,11 +86,11 @@ class _Step:
 
     rois: Tuple[_Roi, ...]
     clicks: Tuple[Click, ...]
-    overwritten: List[Tuple[Region, np.ndarray]]
+    overwritten: List[Tuple[Region, Optional[np.ndarray]]]  # None: the region was empty
 
     @property
     def nbytes(self) -> int:
-        return sum(values.nbytes for _, values in self.overwritten)
+        return sum(values.nbytes for _, values in self.overwritten if values is not None)
 
 
 class EmbeddingCache:
@@ -312,7 +312,8 @@ class InteractiveSession:
         rois[index] = _Roi(roi.frame, logits)
         started = time.perf_counter()
         region = frame_region(self.volume, roi.frame)
-        step.overwritten.append((region, self._mask.get(region)))
+        before = self._mask.get(region)
+        step.overwritten.append((region, before if before.any() else None))
         self._mask.grow(region)
         paste_mask(self.volume, roi.frame, logits[0, 0], self._mask)
         timings["paste"] += time.perf_counter() - started
@@ -349,7 +350,7 @@ class InteractiveSession:
 
     def _restore(self, step: _Step) -> None:
         for region, values in reversed(step.overwritten):
-            self._mask[region] = values
+            self._mask[region] = 0 if values is None else values
         self._rois, self._clicks = step.rois, step.clicks
 
 
