@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 pytest.importorskip("slicer_core", reason="the module's tests run on Slicer's libraries (slicer-core, Python >= 3.10)")
 
 import slicer_qt_standin  # noqa: E402
+import torch  # noqa: E402
 from slicer_core_app import SlicerCoreApp  # noqa: E402
 
 from SAMMed3DLib import weights  # noqa: E402

@@ -88,29 +88,27 @@ class SegmentEditorSAMMed3DTest(unittest.TestCase):
         return (self.voxelToWorld @ np.array([i, j, k, 1.0]))[:3]
 
     def click(self, kji, positive=True):
-        """A left click (Ctrl+click to exclude) at the voxel's centre in the Red view, with the view's interactor
-        as slicer.util.clickAndDrag drives it."""
+        """A left click (Ctrl+click to exclude) at the voxel's centre in the Red view."""
         sliceNode = self.sliceWidget.mrmlSliceNode()
         sliceNode.JumpSliceByCentering(*self.world(kji))
         width, height, _ = sliceNode.GetDimensions()
-        interactor = self.sliceWidget.interactorStyle().GetInteractor()
-        interactor.SetEventPosition(width // 2, height // 2)
-        interactor.SetControlKey(0 if positive else 1)
-        interactor.SetShiftKey(0)
-        try:
-            self.assertTrue(self.effect.processInteractionEvents(interactor, vtk.vtkCommand.LeftButtonPressEvent,
-                                                                 self.sliceWidget))
-        finally:
-            interactor.SetControlKey(0)
+        self.sliceWidget.interactorStyle().GetInteractor().SetEventPosition(width // 2, height // 2)
+        self.send(vtk.vtkCommand.LeftButtonPressEvent, control=not positive)
 
     def key(self, keySym, shift=False):
+        self.sliceWidget.interactorStyle().GetInteractor().SetKeySym(keySym)
+        self.send(vtk.vtkCommand.KeyPressEvent, shift=shift)
+
+    def send(self, eventId, control=False, shift=False):
+        """An event of the Red view's interactor, with these modifier keys, to the effect as the editor passes it;
+        the interactor is driven as slicer.util.clickAndDrag drives it."""
         interactor = self.sliceWidget.interactorStyle().GetInteractor()
-        interactor.SetKeySym(keySym)
-        interactor.SetShiftKey(1 if shift else 0)
+        interactor.SetControlKey(int(control))
+        interactor.SetShiftKey(int(shift))
         try:
-            self.assertTrue(self.effect.processInteractionEvents(interactor, vtk.vtkCommand.KeyPressEvent,
-                                                                 self.sliceWidget))
+            self.assertTrue(self.effect.processInteractionEvents(interactor, eventId, self.sliceWidget))
         finally:
+            interactor.SetControlKey(0)
             interactor.SetShiftKey(0)
 
     def segmentArray(self, segmentId, segmentationNode=None):
