@@ -411,9 +411,10 @@ def test_a_segments_prompts_cost_its_regions_not_the_volume_and_are_released():
 
 
 def test_a_click_updates_the_closed_surface_once(scene):
-    """The 3D view regenerates a segment's closed surface on the segmentation node's RepresentationModified
-    (MRMLDM/vtkMRMLSegmentationsDisplayableManager3D.cxx:1024-1031 -> CreateRepresentation, 530): done here the
-    same way, counting the regenerations of A's surface during one click that both adds and removes voxels."""
+    """The 3D view regenerates a segment's closed surface on each RepresentationModified of the segmentation node
+    (MRMLDM/vtkMRMLSegmentationsDisplayableManager3D.cxx:1026-1031 -> UpdateDisplayableTransforms -> 305
+    UpdateDisplayNodePipeline -> 530 CreateRepresentation): done here the same way, counting the regenerations of
+    A's surface during one click that both adds and removes voxels."""
     surface = slicer.vtkSegmentationConverter.GetSegmentationClosedSurfaceRepresentationName()
     painted = box(np.s_[3:9, 61:80, 10:31])  # off the logits grid: a refining click re-draws its border
     scene.app.set_segment_array(scene.segmentation, "A", painted)

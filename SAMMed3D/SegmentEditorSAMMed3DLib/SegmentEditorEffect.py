@@ -393,10 +393,11 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect, VTKObservationMix
 
     @staticmethod
     def _sampleSource(grid, sourceVolumeNode, segmentationNode):
-        """The source volume's first component on the editor's grid, resampled as
-        vtkSlicerSegmentEditorLogic::UpdateAlignedSourceVolume does (logic 1165-1196), through the transforms as
-        they are now. The editor's own copy is not resampled when a parent transform gets a new matrix: it compares
-        the transform nodes' modification times (logic 1148-1160), which a new matrix leaves as they were."""
+        """The source volume's first component on the editor's grid, resampled through the transforms as they are
+        now, as vtkSlicerSegmentEditorLogic::UpdateAlignedSourceVolume resamples it (Logic/
+        vtkSlicerSegmentEditorLogic.cxx:1168-1197). The editor's own copy is not resampled when a parent transform
+        gets a new matrix: it compares the transform nodes' modification times (1149-1159), which a new matrix
+        leaves as they were."""
         imageData = sourceVolumeNode.GetImageData()
         if imageData.GetNumberOfScalarComponents() > 1:
             extract = vtk.vtkImageExtractComponents()
