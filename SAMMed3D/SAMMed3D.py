@@ -292,6 +292,6 @@ class SAMMed3DTest(ScriptedLoadableModuleTest):
         logic = SAMMed3DLogic()
         self.assertIn("not loaded", logic.statusText())
         oracle = ThresholdPredictor()
-        logic.setPredictor(oracle, "torch", "cpu")
+        logic.setPredictor(oracle)
         self.assertIs(logic.predictor(), oracle)
-        self.assertEqual(logic.statusText({"decode": 0.5}), "PyTorch on cpu | last click 0.50 s (decode 0.50 s)")
+        self.assertEqual(logic.statusText({"decode": 0.5}), f"{oracle.label} | last click 0.50 s (decode 0.50 s)")

@@ -419,3 +419,33 @@ def test_session_and_predictors_import_without_torch():
     code = "import sys, SAMMed3DLib.interactive.session, SAMMed3DLib.backends.predictor; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8", check=True)
     assert result.stdout == "False\n"
+
+
+def test_the_mask_is_stored_over_the_rois_only_and_read_by_region():
+    array = np.full((200, 200, 200), 100, np.int16)  # 400 mm at 2 mm: an ROI (192 mm) is 96^3 voxels of it
+    array[90:110, 80:120, 95:105] = 600
+    volume = Volume(array, affine(LPS, [2.0, 2.0, 2.0], [7.0, -13.0, 21.0]))
+    session = InteractiveSession(ThresholdPredictor(), volume, max_rois=1)
+    prediction = session.add_click(volume.ijk_to_ras_points([[100.0, 100.0, 100.0]])[0])
+    assert dice(prediction.mask, array > 300) >= 0.9
+    region = frame_region(volume, session.frames[0])
+    assert session.nbytes <= 2 * np.prod([s.stop - s.start for s in region])  # the mask box and one undo step
+    assert session.nbytes < volume.array.size / 4  # was two full-size masks and the undo step
+    np.testing.assert_array_equal(session.mask_in(region), prediction.mask[region])
+    far = (slice(0, 5), slice(0, 5), slice(0, 5))
+    assert session.mask_in(far).shape == (5, 5, 5) and not session.mask_in(far).any()
+    assert not prediction.mask.flags.writeable
+
+
+def test_sessions_on_one_volume_share_an_embedding_cache():
+    from SAMMed3DLib.interactive.session import EmbeddingCache
+
+    volume, _, center, _ = synthetic(LPS, [1.5, 1.5, 1.5])
+    predictor = Recording(ThresholdPredictor())
+    cache = EmbeddingCache()
+    first = InteractiveSession(predictor, volume, embeddings=cache)
+    second = InteractiveSession(predictor, volume, embeddings=cache)
+    first.add_click(center)
+    second.add_click(center)  # the same ROI: encoded once for both
+    assert len(predictor.encoded) == 1 and len(cache) == 1
+    np.testing.assert_array_equal(first.mask, second.mask)

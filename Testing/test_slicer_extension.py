@@ -22,7 +22,9 @@ LIBRARY = ROOT / "SAMMed3DLib"
 SELF_TESTS = ROOT / "Testing" / "Python"
 API_LIST = ROOT / "Testing" / "SlicerAPI.txt"
 
-SLICER_SIDE = sorted([*MODULE.rglob("*.py"), *SELF_TESTS.glob("*.py")])
+# The extension, its self-tests, and the library modules that call methods of Slicer's and VTK's objects.
+SLICER_SIDE = sorted([*MODULE.rglob("*.py"), *SELF_TESTS.glob("*.py"), LIBRARY / "slicer" / "geometry.py",
+                      LIBRARY / "slicer" / "segments.py"])
 
 # Roots whose every attribute chain is Slicer's (or Qt/CTK/VTK as Slicer wraps them): listed in full.
 API_ROOTS = {"slicer", "qt", "ctk", "vtk", "PyTorchUtils", "qSlicerSegmentationsEditorEffectsPythonQt"}

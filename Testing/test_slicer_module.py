@@ -1,36 +1,42 @@
-"""The SAM-Med3D module's logic (SAMMed3D/SAMMed3D.py) against the Slicer stand-in: dependencies asked once and
-installed on the main thread's call, the model downloaded with a progress dialog and SHA256 check from a real HTTP
-server on 127.0.0.1, the configured model loaded once."""
+"""The SAM-Med3D module (SAMMed3D/SAMMed3D.py) on Slicer's own libraries (Testing/slicer_core_app.py): dependencies
+asked once and installed on the main thread's call, the model downloaded with a progress dialog and SHA256 check
+from a real HTTP server on 127.0.0.1 (also where tqdm, which Slicer does not ship, cannot be imported), the
+configured model loaded once."""
 
 from __future__ import annotations
 
 import hashlib
 import http.server
 import importlib
+import importlib.abc
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
-import slicer_standin
-import torch
 
-from SAMMed3DLib import weights
-from SAMMed3DLib.errors import SAMMed3DError
-from SAMMed3DLib.slicer.setup import LOCAL_FILE, ModelSettings
+pytest.importorskip("slicer_core", reason="the module's tests run on Slicer's libraries (slicer-core, Python >= 3.10)")
+
+import slicer_qt_standin  # noqa: E402
+import torch  # noqa: E402
+from slicer_core_app import SlicerCoreApp  # noqa: E402
+
+from SAMMed3DLib import weights  # noqa: E402
+from SAMMed3DLib.errors import SAMMed3DError  # noqa: E402
+from SAMMed3DLib.slicer.setup import LOCAL_FILE, ModelSettings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
 def module(monkeypatch, tmp_path):
-    """The SAMMed3D module file imported against the stand-in, with its record and a fresh shared logic."""
+    """The SAMMed3D module as Slicer loads it, with what it showed and asked, and a fresh shared logic."""
     monkeypatch.setenv("SAMMED3D_HOME", str(tmp_path / "home"))
-    record = slicer_standin.Record()
-    with slicer_standin.installed(record):
+    with SlicerCoreApp() as app:
         sammed3d = importlib.import_module("SAMMed3D")
         sammed3d.SAMMed3DLogic._instance = None
-        yield sammed3d, record
+        yield sammed3d, app.record
 
 
 def test_dependencies_are_asked_once_and_installed_when_confirmed(module, monkeypatch):
@@ -142,7 +148,7 @@ def test_configured_model_is_loaded_once_and_reloaded_on_change(module, tmp_path
 
 def test_the_panel_offers_the_registry_and_saves_choices(module, monkeypatch, tmp_path):
     sammed3d, record = module
-    slicer_standin.ScriptedLoadableModuleWidget.module_dir = ROOT / "SAMMed3D"
+    slicer_qt_standin.ScriptedLoadableModuleWidget.module_dir = ROOT / "SAMMed3D"
     onnx_missing = {"torch": (False, []), "onnx": (False, ["onnxruntime>=1.17"])}
     monkeypatch.setattr(sammed3d, "missing_packages", onnx_missing.get)
     widget = sammed3d.SAMMed3DWidget()
@@ -174,3 +180,30 @@ def test_the_panel_offers_the_registry_and_saves_choices(module, monkeypatch, tm
     assert again.ui.backendComboBox.currentData == "onnx" and again.ui.localPathLineEdit.currentPath == str(folder)
     ui.segmentEditorButton.emit("clicked()")
     assert record.selected == ["SegmentEditor"]
+
+
+class _NoTqdm(importlib.abc.MetaPathFinder):
+    """A Python without tqdm, as in a fresh Slicer: importing it fails."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "tqdm" or name.startswith("tqdm."):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        return None
+
+
+def test_the_panels_download_works_without_tqdm(module, served_checkpoint, monkeypatch):
+    sammed3d, record = module
+    for name in [name for name in sys.modules if name == "tqdm" or name.startswith("tqdm.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "meta_path", [_NoTqdm(), *sys.meta_path])
+    slicer_qt_standin.ScriptedLoadableModuleWidget.module_dir = ROOT / "SAMMed3D"
+    monkeypatch.setattr(sammed3d, "missing_packages", lambda backend: (False, []))
+    sammed3d.SAMMed3DLogic.shared().saveSettings(ModelSettings(model="local"))
+    widget = sammed3d.SAMMed3DWidget()
+    widget.setup()
+    assert widget.ui.downloadButton.enabled
+    widget.ui.downloadButton.click()
+    assert not record.messages, record.messages
+    assert weights.cached("local").read_bytes() == served_checkpoint
+    assert record.progress[0].closed and not widget.ui.downloadButton.enabled
+    assert "tqdm" not in sys.modules

@@ -1,6 +1,6 @@
 """Interactive session speed on a large CT: first click, cached clicks, and what re-encoding every click costs.
 
-    python benchmarks/session.py [--clicks 10] [--device cpu] [--threads 2] [--max-rois 1]
+    python benchmarks/session.py [--clicks 10] [--device cpu] [--threads 2] [--max-rois 1] [--segments 5]
 
 A synthetic 512 x 512 x 300 CT at 0.7 x 0.7 x 1 mm (int16 HU: air, a body, lungs, a bright lesion) and the real
 vit_b_ori network with random weights (`build_sam_med3d()`). Times are end to end (`add_click`: resampling,
@@ -10,6 +10,11 @@ ROI (resample + encode + decode + paste) for each click. Random weights give an 
 ROI's faces and would make the session add ROIs (each one more encode); so the timing run holds one ROI
 (`--max-rois 1`), and `--max-rois 8` shows the growth. The load average is printed: other processes on the same
 cores slow everything down, multi-threaded BLAS and OpenMP most.
+
+Then the memory of what the Segment Editor effect keeps for `--segments` segments of 3 clicks each (sessions sharing
+one embedding cache, and the prompt book's bookkeeping: SAMMed3DLib.slicer.prompts), writing into array segments as
+the editor would (target: under 1 GB above the volume itself, which the effect holds once per source volume). The
+layout before held three full-volume uint8 arrays per segment besides its undo.
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ import torch
 
 from SAMMed3DLib.backends.torch_predictor import TorchPredictor, select_device
 from SAMMed3DLib.interactive.geometry import Volume
-from SAMMed3DLib.interactive.session import InteractiveSession
+from SAMMed3DLib.interactive.session import Click, EmbeddingCache, InteractiveSession
 from SAMMed3DLib.model import build_sam_med3d
+from SAMMed3DLib.slicer.prompts import PromptBook
+from SAMMed3DLib.testing.segments import SegmentStore
 
 
 def synthetic_ct(shape=(300, 512, 512), spacing=(0.7, 0.7, 1.0), seed=0) -> Volume:
@@ -62,12 +69,49 @@ def reset_peak_rss() -> None:
         clear_refs.write("5")
 
 
+def segments_memory(predictor, volume: Volume, segments: int, clicks: int, max_rois: int) -> None:
+    """Resident memory growth over `segments` segments of `clicks` clicks each, each segment on its own structure."""
+    embeddings = EmbeddingCache()
+    book = PromptBook(
+        lambda initial: InteractiveSession(predictor, volume, initial_mask=initial, max_rois=max_rois,
+                                           embeddings=embeddings),
+        volume.array.shape,
+    )
+    store = SegmentStore(volume.array.shape, [f"Segment_{n + 1}" for n in range(segments)])
+    k, j, i = (n // 2 for n in volume.array.shape)
+    spots = [(i + di, j + dj, k + dk) for di, dj, dk in
+             ((100, -14, 5), (-100, -14, 5), (0, -60, -60), (0, 60, 60), (0, 0, 0), (60, 40, -40))]
+    rng = np.random.default_rng(2)
+    resident = rss_bytes("VmRSS")
+    reset_peak_rss()
+    started = time.perf_counter()
+    for segment_id, spot in zip(store.segments, spots * segments):
+        centre = volume.ijk_to_ras_points([spot])[0]
+        for n in range(clicks):
+            ras = centre + rng.uniform(-8, 8, size=3)
+            key = store.key(segment_id)
+            book.reconcile(key, store.read(segment_id), store.stamp)
+            _, change = book.add_click(key, ras, Click(tuple(ras), n != 1), store.read(segment_id))
+            store.write(book, segment_id, change)
+    seconds = time.perf_counter() - started
+    grown, peak = rss_bytes("VmRSS") - resident, rss_bytes("VmHWM") - resident
+    full = volume.array.size  # one full-volume uint8 array
+    cache = sum(int(e.element_size() * e.nelement()) if hasattr(e, "element_size") else np.asarray(e).nbytes
+                for e in embeddings._items.values())
+    print(f"{segments} segments x {clicks} clicks ({seconds:.1f} s): resident memory +{grown / 2**30:.2f} GB "
+          f"(peak +{peak / 2**30:.2f} GB; target < 1 GB above the volume's {volume.array.nbytes / 2**30:.2f} GB): "
+          f"sessions and bookkeeping {book.nbytes / 2**20:.0f} MB, {len(embeddings)} embeddings "
+          f"{cache / 2**20:.0f} MB, the segments themselves {store.nbytes / 2**20:.0f} MB; the layout before kept "
+          f"{3 * segments * full / 2**30:.2f} GB of full-volume masks besides its undo")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clicks", type=int, default=10, help="cached clicks to time after the first")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
     parser.add_argument("--max-rois", type=int, default=1)
+    parser.add_argument("--segments", type=int, default=5, help="segments of 3 clicks each for the memory run")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -114,6 +158,8 @@ def main() -> None:
           f"(target <= 1.5 GB); {len(session.frames)} ROI(s) encoded")
     print(f"10 clicks re-encoding every click (as the reference): {10 * first.timings['total']:.1f} s; "
           f"with the cached embedding: {first.timings['total'] + 9 * per_cached:.1f} s")
+    del session, firsts, cached, first
+    segments_memory(predictor, volume, args.segments, 3, args.max_rois)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,10 @@ Each click runs one round as the model was trained and evaluated: the newest cli
 logits as mask prompt (all zero on the first round). The image embedding of each region of interest (ROI) is
 cached, so a click inside an existing ROI costs one decoder run and one paste-back. The cache holds at most
 `EMBEDDING_CACHE_BYTES`, dropping the least recently used embeddings first (an undone ROI's embedding stays
-until then, so redoing the click does not encode again).
+until then, so redoing the click does not encode again); sessions on the same volume can share one cache.
+
+Memory: the mask is stored only over the box the ROIs cover (`BoxedArray`), and the undo history keeps the
+overwritten voxels of at most `UNDO_BYTES`; the volume itself is the caller's array, not copied.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from SAMMed3DLib.interactive.boxed_array import BoxedArray, union
 from SAMMed3DLib.interactive.geometry import (
     LOGITS_SIZE,
     PatchFrame,
@@ -38,7 +42,7 @@ if TYPE_CHECKING:
 
 CLICK_MARGIN = 8  # patch voxels (12 mm): a click closer than this to every ROI's faces opens a new ROI
 MASK_LOGIT_SCALE = 8.0  # a mask as mask-prompt logits: full voxels -> +4, empty -> -4 (logit 0 = half full)
-UNDO_BYTES = 512 * 2**20  # overwritten mask voxels kept for undo; the oldest steps are dropped beyond this
+UNDO_BYTES = 128 * 2**20  # overwritten mask voxels kept for undo, per session; the oldest steps go beyond this
 EMBEDDING_CACHE_BYTES = 256 * 2**20  # about 330 embeddings of 384x8x8x8 float32; least recently used dropped first
 
 
@@ -54,15 +58,20 @@ class Click:
 class Prediction:
     """The session's mask after a click or undo.
 
-    `mask`: uint8 (0/1) over the whole volume grid (K,J,I); a read-only view of the session's live mask, so copy it to
-    keep it across later clicks. `region`: K,J,I slices outside which this step changed nothing. `timings`: seconds
-    spent in "preprocess", "encode", "decode", "paste" and "total". `rois`: how many ROIs the session holds.
+    `mask`: uint8 (0/1) over the whole volume grid (K,J,I), read-only, built from the session's live mask when read
+    (so it follows later clicks: keep a copy, and read `session.mask_in(region)` where a box is enough).
+    `region`: K,J,I slices outside which this step changed nothing. `timings`: seconds spent in "preprocess",
+    "encode", "decode", "paste" and "total". `rois`: how many ROIs the session holds.
     """
 
-    mask: np.ndarray
+    session: InteractiveSession = field(repr=False)
     region: Region
     timings: Dict[str, float] = field(default_factory=dict)
     rois: int = 0
+
+    @property
+    def mask(self) -> np.ndarray:
+        return self.session.mask
 
 
 @dataclass(frozen=True)
@@ -77,11 +86,35 @@ class _Step:
 
     rois: Tuple[_Roi, ...]
     clicks: Tuple[Click, ...]
-    overwritten: List[Tuple[Region, np.ndarray]]
+    overwritten: List[Tuple[Region, Optional[np.ndarray]]]  # None: the region was empty
 
     @property
     def nbytes(self) -> int:
-        return sum(values.nbytes for _, values in self.overwritten)
+        return sum(values.nbytes for _, values in self.overwritten if values is not None)
+
+
+class EmbeddingCache:
+    """Image embeddings by patch frame, the least recently used dropped beyond `EMBEDDING_CACHE_BYTES` (always
+    keeping the newest). Sessions may share one only if they have the same volume, predictor and modality, as the
+    Segment Editor effect's sessions of one source volume do."""
+
+    def __init__(self) -> None:
+        self._items: OrderedDict[PatchFrame, Any] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, frame: PatchFrame) -> Any:
+        """The embedding of `frame`, or None."""
+        if frame not in self._items:
+            return None
+        self._items.move_to_end(frame)
+        return self._items[frame]
+
+    def put(self, frame: PatchFrame, embedding: Any) -> None:
+        self._items[frame] = embedding
+        while len(self._items) > 1 and sum(map(_nbytes, self._items.values())) > EMBEDDING_CACHE_BYTES:
+            self._items.popitem(last=False)
 
 
 class InteractiveSession:
@@ -102,7 +135,8 @@ class InteractiveSession:
     0, overwriting the mask there (the newest round wins where ROIs overlap). Outside all ROIs the mask keeps its
     initial value (0, or `initial_mask`).
 
-    Any error leaves the session exactly as it was before the call.
+    Any error leaves the session exactly as it was before the call. `embeddings` shares a cache with other sessions
+    on the same volume (see `EmbeddingCache`).
     """
 
     def __init__(
@@ -112,6 +146,7 @@ class InteractiveSession:
         modality: str = "auto",
         initial_mask: Optional[np.ndarray] = None,
         max_rois: int = 8,
+        embeddings: Optional[EmbeddingCache] = None,
     ):
         if max_rois < 1:
             raise ValueError(f"max_rois must be at least 1, got {max_rois}")
@@ -120,19 +155,19 @@ class InteractiveSession:
         self.modality = chosen_modality(modality, volume)
         self.max_rois = max_rois
         if initial_mask is None:
-            self._initial = np.zeros(volume.array.shape, np.uint8)
+            self._initial = BoxedArray(volume.array.shape)
         else:
             initial_mask = np.asarray(initial_mask)
             if initial_mask.shape != volume.array.shape:
                 raise ValueError(
                     f"the initial mask has shape {initial_mask.shape}, the volume {volume.array.shape} (K,J,I)"
                 )
-            self._initial = (initial_mask > 0).astype(np.uint8)
+            self._initial = BoxedArray.cropped((initial_mask > 0).astype(np.uint8))
         self._mask = self._initial.copy()
         self._rois: Tuple[_Roi, ...] = ()
         self._clicks: Tuple[Click, ...] = ()
         self._history: List[_Step] = []
-        self._embeddings: OrderedDict[PatchFrame, Any] = OrderedDict()  # survives undo and reset; see the docstring
+        self._embeddings = EmbeddingCache() if embeddings is None else embeddings  # survives undo and reset
 
     @property
     def clicks(self) -> Tuple[Click, ...]:
@@ -145,10 +180,19 @@ class InteractiveSession:
 
     @property
     def mask(self) -> np.ndarray:
-        """Read-only view of the live mask (K,J,I, uint8)."""
-        view = self._mask.view()
-        view.flags.writeable = False
-        return view
+        """The live mask over the whole volume (K,J,I, uint8), as a new read-only array."""
+        full = self._mask.full()
+        full.flags.writeable = False
+        return full
+
+    def mask_in(self, region: Region) -> np.ndarray:
+        """A copy of the live mask in a K,J,I region (uint8), without building the whole volume's."""
+        return self._mask.get(region)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the session holds in its mask, initial mask and undo history (not the volume, not the cache)."""
+        return self._mask.nbytes + self._initial.nbytes + sum(step.nbytes for step in self._history)
 
     def add_click(self, ras_xyz, positive: bool = True) -> Prediction:
         """Segment with one more click at a RAS point (mm); ValueError if it lies outside the volume."""
@@ -169,7 +213,7 @@ class InteractiveSession:
         while len(self._history) > 1 and sum(old.nbytes for old in self._history) > UNDO_BYTES:
             self._history.pop(0)
         timings["total"] = time.perf_counter() - start
-        return Prediction(self.mask, _union(region for region, _ in step.overwritten), timings, len(self._rois))
+        return Prediction(self, union(region for region, _ in step.overwritten), timings, len(self._rois))
 
     def undo(self) -> Optional[Prediction]:
         """Return to the state before the last click, exactly; None if there is nothing to undo. The history keeps
@@ -178,14 +222,14 @@ class InteractiveSession:
             return None
         step = self._history.pop()
         self._restore(step)
-        return Prediction(self.mask, _union(region for region, _ in step.overwritten), {}, len(self._rois))
+        return Prediction(self, union(region for region, _ in step.overwritten), {}, len(self._rois))
 
     def reset(self) -> Prediction:
         """Forget all clicks and ROIs (not the cached embeddings); the mask returns to its initial value."""
-        changed = _union(frame_region(self.volume, roi.frame) for roi in self._rois)
-        self._mask[...] = self._initial
+        changed = union(frame_region(self.volume, roi.frame) for roi in self._rois)
+        self._mask = self._initial.copy()
         self._rois, self._clicks, self._history = (), (), []
-        return Prediction(self.mask, changed, {}, 0)
+        return Prediction(self, changed, {}, 0)
 
     # -- one click ---------------------------------------------------------------------------------------------
 
@@ -268,32 +312,37 @@ class InteractiveSession:
         rois[index] = _Roi(roi.frame, logits)
         started = time.perf_counter()
         region = frame_region(self.volume, roi.frame)
-        step.overwritten.append((region, self._mask[region].copy()))
+        before = self._mask.get(region)
+        step.overwritten.append((region, before if before.any() else None))
+        self._mask.grow(region)
         paste_mask(self.volume, roi.frame, logits[0, 0], self._mask)
         timings["paste"] += time.perf_counter() - started
 
     def _embedding(self, frame: PatchFrame, timings) -> Any:
-        if frame in self._embeddings:
-            self._embeddings.move_to_end(frame)
-            return self._embeddings[frame]
+        embedding = self._embeddings.get(frame)
+        if embedding is not None:
+            return embedding
         started = time.perf_counter()
         image = prepare_patch(self.volume, frame, self.modality)[None, None]
         encode_started = time.perf_counter()
         timings["preprocess"] += encode_started - started
         embedding = self.predictor.encode(image)
         timings["encode"] += time.perf_counter() - encode_started
-        self._embeddings[frame] = embedding
-        while len(self._embeddings) > 1 and sum(map(_nbytes, self._embeddings.values())) > EMBEDDING_CACHE_BYTES:
-            self._embeddings.popitem(last=False)
+        self._embeddings.put(frame, embedding)
         return embedding
 
     def _mask_prompt(self, frame: PatchFrame, timings) -> np.ndarray:
-        """The current mask on the ROI's 32^3 logits grid as logits; all zero where the mask is empty there."""
+        """The current mask on the ROI's 32^3 logits grid as logits; all zero where the mask is empty there. Only the
+        ROI's voxels and one more on each side (what linear interpolation reads) are resampled."""
         started = time.perf_counter()
         coarse = frame.logits_frame()
         prompt = np.zeros((1, 1) + (coarse.size,) * 3, np.float32)
-        if self._mask[frame_region(self.volume, frame)].any():
-            fraction = resample_into(Volume(self._mask, self.volume.ijk_to_ras), coarse, "linear")
+        region = frame_region(self.volume, frame)
+        if self._mask.get(region).any():
+            around = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n)) for s, n in zip(region, self._mask.shape))
+            corner = np.eye(4)
+            corner[:3, 3] = [around[2].start, around[1].start, around[0].start]
+            fraction = resample_into(Volume(self._mask.get(around), self.volume.ijk_to_ras @ corner), coarse, "linear")
             if fraction.any():
                 prompt[0, 0] = (fraction - 0.5) * MASK_LOGIT_SCALE
         timings["preprocess"] += time.perf_counter() - started
@@ -301,7 +350,7 @@ class InteractiveSession:
 
     def _restore(self, step: _Step) -> None:
         for region, values in reversed(step.overwritten):
-            self._mask[region] = values
+            self._mask[region] = 0 if values is None else values
         self._rois, self._clicks = step.rois, step.clicks
 
 
@@ -329,11 +378,3 @@ def _interior_point(mask: np.ndarray, patch_size: int) -> Optional[np.ndarray]:
 
 def _within(inner: slice, outer: slice) -> bool:
     return inner.stop <= inner.start or (outer.start <= inner.start and inner.stop <= outer.stop)
-
-
-def _union(regions) -> Region:
-    """The smallest K,J,I box holding all given regions (empty slices if none)."""
-    regions = [r for r in regions if all(s.stop > s.start for s in r)]
-    if not regions:
-        return (slice(0, 0), slice(0, 0), slice(0, 0))
-    return tuple(slice(min(r[a].start for r in regions), max(r[a].stop for r in regions)) for a in range(3))

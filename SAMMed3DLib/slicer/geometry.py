@@ -35,15 +35,21 @@ def array_ijk_to_ras(image_to_world: np.ndarray, extent: Sequence[int]) -> np.nd
     return np.asarray(image_to_world, dtype=float) @ shift
 
 
-def image_array(image) -> np.ndarray:
-    """A copy of a single-component `vtkImageData`'s voxels as a K,J,I array over its extent."""
+def image_voxels(image) -> np.ndarray:
+    """A single-component `vtkImageData`'s voxels as a K,J,I array over its extent: a view of VTK's memory, to read
+    at once (the image may replace or free it)."""
     scalars = image.GetPointData().GetScalars()
     shape = extent_shape(image.GetExtent())
     if scalars is None or 0 in shape:
         raise ValueError("the image has no voxels")
     if scalars.GetNumberOfComponents() != 1:
         raise ValueError(f"expected a single-component image, got {scalars.GetNumberOfComponents()} components")
-    return numpy_support.vtk_to_numpy(scalars).reshape(shape).copy()
+    return numpy_support.vtk_to_numpy(scalars).reshape(shape)
+
+
+def image_array(image) -> np.ndarray:
+    """A copy of a single-component `vtkImageData`'s voxels as a K,J,I array over its extent."""
+    return image_voxels(image).copy()
 
 
 def labelmap_in_extent(image, extent: Sequence[int]) -> np.ndarray:

@@ -2,9 +2,9 @@
 
 A synthetic volume with an oblique IJK->RAS, anisotropic spacing and a parent transform holds two bright objects
 (an asymmetric "L" and a ball). The threshold oracle predictor (SAMMed3DLib.testing.oracle.ThresholdPredictor) stands
-in for the network, so the expected mask is known: clicks must land on the right voxels, results in the right place,
-undo must restore, a click outside the volume must be refused with a message, and segments keep their own prompts.
-A tiny network with random weights, saved to a temporary file, checks the configured-model path when torch exists.
+in for the network, so the expected mask is known. Clicks and keys go through the effect's processInteractionEvents
+with the Red slice view's interactor, as the Segment Editor delivers them (qMRMLSegmentEditorWidget.cxx:2086). The
+same scenarios run outside Slicer on Slicer's own libraries in Testing/test_effect.py.
 
 Run: Slicer --testing --python-code "import slicer.testing; slicer.testing.runUnitTest(['<this folder>'],
 'SegmentEditorSAMMed3DTest')" (registered with slicer_add_python_unittest in SAMMed3D/CMakeLists.txt).
@@ -17,16 +17,24 @@ import unittest
 import numpy as np
 import SegmentEditorSAMMed3D
 import slicer
+import vtk
+from vtk.util import numpy_support
 
 from SAMMed3D import SAMMed3DLogic
 from SAMMed3DLib.slicer.setup import LOCAL_FILE, ModelSettings, missing_packages
 from SAMMed3DLib.testing.oracle import ThresholdPredictor
 from SAMMed3DLib.testing.scenes import SHAPE, SPACING, letter_and_ball, rotation
 
+IN_THE_L = (12, 45, 36)  # K,J,I
+IN_THE_BALL = (15, 72, 62)
+MARKUPS = ("SAM-Med3D include", "SAM-Med3D exclude")
+
 
 class SegmentEditorSAMMed3DTest(unittest.TestCase):
     def setUp(self):
         slicer.mrmlScene.Clear(0)
+        if slicer.app.layoutManager() is None:
+            self.skipTest("the effect's clicks need Slicer's slice views (run with the main window)")
         array, self.letterL, self.ball = letter_and_ball()
         ijkToRas = rotation(2, 30) @ rotation(0, 20) @ np.diag([*SPACING, 1.0])
         ijkToRas[:3, 3] = [-40.0, 25.0, -12.0]
@@ -38,12 +46,7 @@ class SegmentEditorSAMMed3DTest(unittest.TestCase):
         self.volumeNode.SetAndObserveTransformNodeID(self.transformNode.GetID())
         self.voxelToWorld = parent @ ijkToRas
 
-        self.segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-        self.segmentationNode.CreateDefaultDisplayNodes()
-        self.segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(self.volumeNode)
-        self.segmentationNode.GetSegmentation().AddEmptySegment("A")
-        self.segmentationNode.GetSegmentation().AddEmptySegment("B")
-
+        self.segmentationNode = self.addSegmentation(["A", "B"])
         self.editorWidget = slicer.qMRMLSegmentEditorWidget()
         self.editorWidget.setMRMLScene(slicer.mrmlScene)
         self.editorNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
@@ -53,104 +56,210 @@ class SegmentEditorSAMMed3DTest(unittest.TestCase):
         self.editorNode.SetSelectedSegmentID("A")
 
         self.logic = SAMMed3DLogic.shared()
-        self.logic.setPredictor(ThresholdPredictor(), "threshold oracle", "cpu")
+        self.logic.setPredictor(ThresholdPredictor())
         if self.editorWidget.effectByName("SAM-Med3D") is None:  # the test ran before startupCompleted()
             SegmentEditorSAMMed3D.registerEditorEffect()
             self.editorWidget.updateEffectList()
-        self.editorWidget.setActiveEffectByName("SAM-Med3D")
-        self.effect = self.editorWidget.activeEffect().self()
+        self.activate()
+        self.sliceWidget = slicer.app.layoutManager().sliceWidget("Red")
 
     def tearDown(self):
-        self.editorWidget.setActiveEffect(None)
-        self.logic.setPredictor(None)
+        if hasattr(self, "editorWidget"):
+            self.editorWidget.setActiveEffect(None)
+            self.logic.setPredictor(None)
         slicer.mrmlScene.Clear(0)
 
     # -- helpers -------------------------------------------------------------------------------------------------
+
+    def addSegmentation(self, segmentIds):
+        segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+        segmentationNode.CreateDefaultDisplayNodes()
+        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(self.volumeNode)
+        for segmentId in segmentIds:
+            segmentationNode.GetSegmentation().AddEmptySegment(segmentId)
+        return segmentationNode
+
+    def activate(self):
+        self.editorWidget.setActiveEffectByName("SAM-Med3D")
+        self.effect = self.editorWidget.activeEffect().self()
 
     def world(self, kji):
         k, j, i = kji
         return (self.voxelToWorld @ np.array([i, j, k, 1.0]))[:3]
 
-    def segmentArray(self, segmentId):
-        return slicer.util.arrayFromSegmentBinaryLabelmap(self.segmentationNode, segmentId, self.volumeNode) > 0
+    def click(self, kji, positive=True):
+        """A left click (Ctrl+click to exclude) at the voxel's centre in the Red view."""
+        sliceNode = self.sliceWidget.mrmlSliceNode()
+        sliceNode.JumpSliceByCentering(*self.world(kji))
+        width, height, _ = sliceNode.GetDimensions()
+        self.sliceWidget.interactorStyle().GetInteractor().SetEventPosition(width // 2, height // 2)
+        self.send(vtk.vtkCommand.LeftButtonPressEvent, control=not positive)
 
-    def centroidWorld(self, mask):
-        k, j, i = np.nonzero(mask)
-        return (self.voxelToWorld @ np.array([i.mean(), j.mean(), k.mean(), 1.0]))[:3]
+    def key(self, keySym, shift=False):
+        self.sliceWidget.interactorStyle().GetInteractor().SetKeySym(keySym)
+        self.send(vtk.vtkCommand.KeyPressEvent, shift=shift)
 
-    def assertMatches(self, mask, truth):
+    def send(self, eventId, control=False, shift=False):
+        """An event of the Red view's interactor, with these modifier keys, to the effect as the editor passes it;
+        the interactor is driven as slicer.util.clickAndDrag drives it."""
+        interactor = self.sliceWidget.interactorStyle().GetInteractor()
+        interactor.SetControlKey(int(control))
+        interactor.SetShiftKey(int(shift))
+        try:
+            self.assertTrue(self.effect.processInteractionEvents(interactor, eventId, self.sliceWidget))
+        finally:
+            interactor.SetControlKey(0)
+            interactor.SetShiftKey(0)
+
+    def segmentArray(self, segmentId, segmentationNode=None):
+        return slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode or self.segmentationNode, segmentId,
+                                                          self.volumeNode) > 0
+
+    def paint(self, segmentId, kjiSlices):
+        """Paint a box into a segment as another effect does: a modifier on the editor's grid, in Set mode, through
+        the effect host (slicer.util.updateSegmentBinaryLabelmapFromArray would place it without the volume's
+        parent transform). Returns the segment as read back."""
+        grid = self.effect.scriptedEffect.sourceVolumeImageData()
+        modifier = slicer.vtkOrientedImageData()
+        modifier.SetExtent(grid.GetExtent())
+        modifier.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+        matrix = vtk.vtkMatrix4x4()
+        grid.GetImageToWorldMatrix(matrix)
+        modifier.SetImageToWorldMatrix(matrix)
+        voxels = numpy_support.vtk_to_numpy(modifier.GetPointData().GetScalars()).reshape(SHAPE)
+        voxels[...] = 0
+        voxels[kjiSlices] = 1
+        modifier.Modified()
+        self.effect.scriptedEffect.modifySegmentByLabelmap(
+            self.segmentationNode, segmentId, modifier, slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeSet)
+        return self.segmentArray(segmentId)
+
+    def points(self, positive=True):
+        node = slicer.util.getFirstNodeByName(MARKUPS[0 if positive else 1])
+        return node.GetNumberOfControlPoints() if node else None
+
+    def ourMarkups(self):
+        return [n for n in slicer.util.getNodesByClass("vtkMRMLMarkupsFiducialNode") if n.GetName() in MARKUPS]
+
+    def assertMatches(self, mask, truth, minimum=0.9):
         dice = 2 * (mask & truth).sum() / (mask.sum() + truth.sum())
-        self.assertGreaterEqual(dice, 0.9)
-        self.assertLess(np.linalg.norm(self.centroidWorld(mask) - self.centroidWorld(truth)), 2.0)
+        self.assertGreaterEqual(dice, minimum)
 
     # -- tests ---------------------------------------------------------------------------------------------------
 
     def test_click_lands_on_the_voxel_and_the_result_in_place(self):
-        clicked = (12, 45, 36)  # in the L's foot, off its centre
-        self.assertTrue(self.letterL[clicked])
-        self.assertTrue(self.effect.addClick(self.world(clicked), True))
+        self.click(IN_THE_L)
         mask = self.segmentArray("A")
-        self.assertTrue(mask[clicked])
+        self.assertTrue(mask[IN_THE_L])
         self.assertMatches(mask, self.letterL)
         self.assertEqual(mask[self.ball].sum(), 0)
-        self.assertIn("threshold oracle on cpu", self.effect.statusLabel.text)
-        include = slicer.util.getNode("SAM-Med3D include")
+        self.assertIn(ThresholdPredictor.label, self.effect.statusLabel.text)
+        include = slicer.util.getNode(MARKUPS[0])
         self.assertEqual(include.GetNumberOfControlPoints(), 1)
         self.assertTrue(include.GetLocked())
         position = [0.0, 0.0, 0.0]
         include.GetNthControlPointPositionWorld(0, position)
-        np.testing.assert_allclose(position, self.world(clicked), atol=1e-3)
+        np.testing.assert_allclose(position, self.world(IN_THE_L), atol=1e-3)
         color = self.segmentationNode.GetSegmentation().GetSegment("A").GetColor()
         np.testing.assert_allclose(include.GetDisplayNode().GetSelectedColor(), color)
 
     def test_exclude_undo_and_reset_restore(self):
-        self.assertTrue(self.effect.addClick(self.world((12, 45, 36)), True))
+        self.click(IN_THE_L)
         afterInclude = self.segmentArray("A")
-        self.assertTrue(self.effect.addClick(self.world((12, 45, 36)), False))  # exclude the same object
+        self.click(IN_THE_L, positive=False)
         self.assertLess(self.segmentArray("A").sum(), afterInclude.sum() * 0.1)
-        self.assertEqual(slicer.util.getNode("SAM-Med3D exclude").GetNumberOfControlPoints(), 1)
-        self.effect.undoClick()
+        self.assertEqual(self.points(False), 1)
+        self.key("BackSpace")
         np.testing.assert_array_equal(self.segmentArray("A"), afterInclude)
-        self.effect.resetClicks()
+        self.key("BackSpace", shift=True)
         self.assertEqual(self.segmentArray("A").sum(), 0)
-        self.assertEqual(slicer.util.getNode("SAM-Med3D include").GetNumberOfControlPoints(), 0)
+        self.assertEqual(self.points(), 0)
 
     def test_click_outside_the_volume_is_refused_with_a_message(self):
-        self.assertTrue(self.effect.addClick(self.world((12, 45, 36)), True))
+        self.click(IN_THE_L)
         before = self.segmentArray("A")
-        self.assertFalse(self.effect.addClick(self.world((12, 45, 36)) + np.array([0.0, 0.0, 400.0]), True))
+        self.assertFalse(self.effect.addClick(self.world(IN_THE_L) + np.array([0.0, 0.0, 400.0]), True))
         self.assertIn("outside the volume", self.effect.statusLabel.text)
         self.assertIn("not changed", self.effect.statusLabel.text)
         np.testing.assert_array_equal(self.segmentArray("A"), before)
 
-    def test_switching_segments_keeps_prompts_apart(self):
-        self.assertTrue(self.effect.addClick(self.world((12, 45, 36)), True))
-        self.editorNode.SetSelectedSegmentID("B")
-        self.effect.updateGUIFromMRML()
-        self.assertEqual(slicer.util.getNode("SAM-Med3D include").GetNumberOfControlPoints(), 0)
-        self.assertTrue(self.effect.addClick(self.world((15, 72, 62)), True))
-        self.assertMatches(self.segmentArray("B"), self.ball)
-        self.effect.undoClick()  # undoes B's click, not A's
-        self.assertEqual(self.segmentArray("B").sum(), 0)
+    def test_overwrite_and_masking_are_the_editors_and_undone_exactly(self):
+        other = self.paint("B", np.s_[8:20, 30:60, 5:20])  # over part of the L
+        self.click(IN_THE_L)  # the default overwrite mode takes the L's voxels from B
+        self.assertEqual((self.segmentArray("B") & self.segmentArray("A")).sum(), 0)
+        self.assertLess(self.segmentArray("B").sum(), other.sum())
+        self.effect.undoButton.click()
+        np.testing.assert_array_equal(self.segmentArray("B"), other)
+        self.assertEqual(self.segmentArray("A").sum(), 0)
+        self.editorNode.SetMaskMode(slicer.vtkMRMLSegmentationNode.EditAllowedOutsideAllSegments)
+        self.click(IN_THE_L)  # now B's voxels are not editable
+        np.testing.assert_array_equal(self.segmentArray("B"), other)
+        self.assertEqual((self.segmentArray("A") & other).sum(), 0)
+        self.editorNode.SetMaskMode(slicer.vtkMRMLSegmentationNode.EditAllowedEverywhere)
+        self.effect.resetButton.click()
+        np.testing.assert_array_equal(self.segmentArray("B"), other)
+        self.assertEqual(self.segmentArray("A").sum(), 0)
+
+    def test_the_editors_undo_between_clicks(self):
+        self.click(IN_THE_L)
+        self.editorWidget.undo()  # Ctrl+Z: the effect is not told
+        self.assertEqual(self.segmentArray("A").sum(), 0)
+        self.click(IN_THE_L)  # starts from what the segment holds: the L comes back
         self.assertMatches(self.segmentArray("A"), self.letterL)
+
+    def test_switching_segment_segmentation_and_source_volume(self):
+        self.click(IN_THE_L)
+        self.editorNode.SetSelectedSegmentID("B")  # as the segment list does; the effect follows by itself
+        self.assertEqual(self.points(), 0)
+        self.assertFalse(self.effect.undoButton.enabled)
+        self.click(IN_THE_BALL)
+        self.assertMatches(self.segmentArray("B"), self.ball)
         self.editorNode.SetSelectedSegmentID("A")
-        self.effect.updateGUIFromMRML()
-        self.assertEqual(slicer.util.getNode("SAM-Med3D include").GetNumberOfControlPoints(), 1)
+        self.assertEqual(self.points(), 1)
+        self.assertTrue(self.effect.undoButton.enabled)
+
+        second = self.addSegmentation(["A"])  # another segmentation with the same segment IDs
+        self.editorWidget.setSegmentationNode(second)
+        self.editorNode.SetSelectedSegmentID("A")
+        self.activate()
+        self.assertEqual(self.points(), 0)
+        self.click(IN_THE_BALL)
+        self.assertMatches(self.segmentArray("A", second), self.ball)  # not this one's L as well
+        self.assertMatches(self.segmentArray("A"), self.letterL)
+
+        other = slicer.util.addVolumeFromArray(np.zeros((4, 4, 4), np.int16), np.eye(4), "SAMMed3D other volume")
+        self.editorWidget.setSourceVolumeNode(other)
+        self.editorWidget.setSourceVolumeNode(self.volumeNode)
+        self.assertEqual(self.points(), 0)  # the other volume released this one's prompts
+        self.assertFalse(self.effect.undoButton.enabled)
+
+    def test_markups_only_while_active_and_the_users_place_list_stays_active(self):
+        user = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "SAMMed3D test points")
+        selection = slicer.app.applicationLogic().GetSelectionNode()
+        selection.SetReferenceActivePlaceNodeClassName("vtkMRMLMarkupsFiducialNode")
+        selection.SetReferenceActivePlaceNodeID(user.GetID())
+        self.click(IN_THE_L)
+        self.assertEqual(selection.GetActivePlaceNodeID(), user.GetID())
+        self.assertEqual(len(self.ourMarkups()), 2)
+        self.editorWidget.setActiveEffect(None)
+        self.assertEqual(self.ourMarkups(), [])
+        self.assertEqual(selection.GetActivePlaceNodeID(), user.GetID())
+        self.activate()
+        self.assertEqual(self.points(), 1)
+        slicer.mrmlScene.Clear(0)
+        self.assertEqual(self.ourMarkups(), [])
 
     def test_refine_starts_from_the_segment_content(self):
-        existing = np.zeros(SHAPE, np.uint8)
-        existing[2:10, 58:86, 2:30] = 1  # made by another tool, away from both objects
-        slicer.util.updateSegmentBinaryLabelmapFromArray(existing, self.segmentationNode, "A", self.volumeNode)
+        existing = self.paint("A", np.s_[2:10, 58:86, 2:30])  # made by another tool, away from both objects
         self.effect.scriptedEffect.setParameter("Refine", 1)
-        self.effect.updateGUIFromMRML()
-        self.assertTrue(self.effect.addClick(self.world((12, 45, 36)), True))
+        self.click(IN_THE_L)
         mask = self.segmentArray("A")
-        self.assertGreater(mask[existing > 0].mean(), 0.5)  # kept, up to the 6 mm logits grid
+        self.assertGreater(mask[existing].mean(), 0.5)  # kept, up to the 6 mm logits grid
         self.assertGreater(mask[self.letterL].mean(), 0.85)
 
     def test_random_weight_model_from_a_file(self):
         if missing_packages("torch") != (False, []):
-            self.skipTest("torch (or scipy, tqdm) is not installed in this Slicer: installing needs network")
+            self.skipTest("torch (or scipy, safetensors) is not installed in this Slicer: installing needs network")
         import torch
 
         from SAMMed3DLib.model import build_sam_med3d
@@ -164,12 +273,11 @@ class SegmentEditorSAMMed3DTest(unittest.TestCase):
                 self.logic.saveSettings(ModelSettings(model=LOCAL_FILE, local_path=path, backend="torch", device="cpu"))
                 self.logic.setPredictor(None)
                 before = self.segmentArray("A")
-                self.assertTrue(self.effect.addClick(self.world((12, 45, 36)), True))
+                self.click(IN_THE_L)
                 self.assertIn("PyTorch on cpu", self.effect.statusLabel.text)
                 self.assertIn("encode", self.effect.statusLabel.text)
-                self.effect.undoClick()
+                self.effect.undoButton.click()
                 np.testing.assert_array_equal(self.segmentArray("A"), before)
             finally:
                 self.logic.saveSettings(stored)
                 self.logic.setPredictor(None)
-
