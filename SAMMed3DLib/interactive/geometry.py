@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional, Tuple
 
 import numpy as np
 
-from SAMMed3DLib.errors import SAMMed3DError
+from SAMMed3DLib.errors import SAMMed3DError, UnreadableImage
 
 PATCH_SIZE = 128
 PATCH_SPACING_MM = 1.5
@@ -127,8 +128,11 @@ class Volume:
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> Volume:
-        """Read a NIfTI, NRRD or MHA file, or a folder holding one DICOM series, through SimpleITK."""
+        """Read a NIfTI, NRRD or MHA file, or a folder holding one DICOM series, through SimpleITK. A truncated or
+        corrupt file, or one SimpleITK cannot read, raises `UnreadableImage` naming it (`image_files`)."""
         import SimpleITK as sitk
+
+        from SAMMed3DLib.interactive.image_files import check_complete, itk_reason
 
         path = os.fspath(path)
         if not os.path.exists(path):
@@ -145,9 +149,12 @@ class Volume:
                 reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(path, series[0]))
                 image = reader.Execute()
             else:
+                check_complete(Path(path))
                 image = sitk.ReadImage(path)
         except RuntimeError as error:
-            raise SAMMed3DError(f"cannot read {path}: {str(error).strip().splitlines()[-1]}") from error
+            raise UnreadableImage(Path(path), itk_reason(error)) from error
+        except OSError as error:
+            raise UnreadableImage(Path(path), error.strerror or str(error)) from None
         try:
             return cls.from_sitk(image)
         except (SAMMed3DError, ValueError) as error:
