@@ -11,8 +11,6 @@ carry the source checkpoint's sha256 and the package version as metadata.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Dict, Optional, Tuple, Union
@@ -35,6 +33,7 @@ from SAMMed3DLib.backends.onnx_predictor import (
     OnnxPredictor,
 )
 from SAMMed3DLib.errors import MissingPackages, SAMMed3DError
+from SAMMed3DLib.files import temporary_folder
 from SAMMed3DLib.model import SamMed3D, load_sam_med3d
 
 OPSET = 18
@@ -88,8 +87,7 @@ def export_model(
     output = _output_folder(output)
     model = model.to("cpu", torch.float32).eval()
     properties = {VERSION_KEY: __version__, **(metadata or {})}
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=output))
-    try:
+    with temporary_folder(output / ENCODER_FILE) as staging:
         _export_encoder(model, staging / ENCODER_FILE)
         _export_decoder(model, staging / DECODER_FILE)
         for name in (ENCODER_FILE, DECODER_FILE):
@@ -97,8 +95,6 @@ def export_model(
         differences = check_export(model, staging)
         for name in (ENCODER_FILE, DECODER_FILE):
             (staging / name).replace(output / name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return differences
 
 
