@@ -17,10 +17,17 @@ def terminal_message(error: BaseException) -> str:
     if isinstance(error, errors.DownloadInterrupted):
         return f"{facts}; run the same command again to resume"
     if isinstance(error, errors.ChecksumUnknown):
-        return (f"{facts}. If you trust it, run again with --sha256 {error.actual} (the file is kept, so it is not "
-                "downloaded again)")
+        kept = "" if error.cached else " (the file is kept, so it is not downloaded again)"
+        return f"{facts}. If you trust it, run again with --sha256 {error.actual}{kept}"
+    if isinstance(error, errors.NameTaken):
+        return f"{facts}; add --replace to replace it, or import the file under another --name"
     if isinstance(error, errors.CacheConflict):
-        return f"{facts}; remove {error.path}, or import the other file under another --name"
+        return (f"{facts}; remove it with `sammed3d weights remove {error.path.name}` and download again, or import "
+                "the other file under another --name")
+    if isinstance(error, errors.NotCached):
+        return f"{facts}; `sammed3d weights list` shows the cache"
+    if isinstance(error, errors.CacheNotWritable):
+        return f"{facts}; set SAMMED3D_HOME to a writable folder (or give --checkpoint a checkpoint file)"
     if isinstance(error, errors.CheckpointNotFound):
         return f"--checkpoint {facts}; add a file under a name with `sammed3d weights import FILE --name NAME`"
     if isinstance(error, errors.MissingPackages):
