@@ -6,6 +6,11 @@ from __future__ import annotations
 from SAMMed3DLib import errors
 
 
+def plural(count: int, noun: str, nouns: str = "") -> str:
+    """"1 click", "3 clicks"; `nouns` where adding an s is wrong ("regions of interest")."""
+    return f"{count} {noun if count == 1 else nouns or noun + 's'}"
+
+
 def terminal_message(error: BaseException) -> str:
     """One line: what is wrong, and what to type."""
     facts = str(error).rstrip(".")

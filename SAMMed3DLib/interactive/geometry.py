@@ -89,6 +89,17 @@ class Volume:
         ijk = self.ras_to_ijk_points(ras)[0]
         return bool(np.all(ijk >= -0.5) and np.all(ijk <= np.asarray(self.shape_ijk) - 0.5))
 
+    def require_inside(self, ras: np.ndarray) -> None:
+        """ValueError, stating the volume's extent, unless the RAS point lies inside the volume (`contains`)."""
+        if not self.contains(ras):
+            point = np.asarray(ras, dtype=np.float64).reshape(3)
+            low, high = self.extent_ras()
+            raise ValueError(
+                f"the click at RAS ({point[0]:.1f}, {point[1]:.1f}, {point[2]:.1f}) mm lies outside the volume, "
+                f"which spans R {low[0]:.1f}..{high[0]:.1f}, A {low[1]:.1f}..{high[1]:.1f}, "
+                f"S {low[2]:.1f}..{high[2]:.1f} mm"
+            )
+
     def corners_ras(self) -> np.ndarray:
         """(8,3) RAS points of the volume's outer corners (the outer faces of its voxels)."""
         corners = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], dtype=np.float64)

@@ -1,4 +1,5 @@
-"""What SimpleITK does not check when it reads a volume file, and its error messages made readable.
+"""What SimpleITK does not check when it reads a volume file, its error messages made readable, and writing one
+atomically under the user's name.
 
 SimpleITK reads a cut-off NIfTI (half of a `.nii.gz`, or an intact gzip holding a truncated file) without a word,
 filling the missing voxels with zeros, and reads a zero voxel size as 1 mm; it reports a cut-off MetaImage as "No such
@@ -18,7 +19,8 @@ import zlib
 from pathlib import Path
 from typing import BinaryIO, Dict, Optional
 
-from SAMMed3DLib.errors import UnreadableImage
+from SAMMed3DLib.errors import CannotWrite, UnreadableImage
+from SAMMed3DLib.files import atomic_path
 
 _CHUNK = 1 << 20
 
@@ -179,3 +181,15 @@ def itk_reason(error: BaseException, replace: Optional[Dict[str, str]] = None) -
         separator = "; " if _NUMBERS.match(line) and joined and _NUMBERS.search(joined.split()[-1]) else " "
         joined = f"{joined}{separator}{line}" if joined else line
     return joined.strip() or type(error).__name__
+
+
+def write_image(image, path: Path, suffix: str) -> None:
+    """Write a SimpleITK image to `path` (compressed where the format allows) through a temporary file whose
+    `suffix` tells SimpleITK the format; an ITK error raises `CannotWrite` naming `path`, not the temporary file."""
+    import SimpleITK as sitk
+
+    with atomic_path(path, suffix) as temporary:
+        try:
+            sitk.WriteImage(image, str(temporary), useCompression=True)
+        except RuntimeError as error:
+            raise CannotWrite(path, itk_reason(error, {str(temporary): str(path)})) from None
