@@ -153,21 +153,13 @@ class NotAnExport(SAMMed3DError):
 
 
 class OtherRun(SAMMed3DError):
-    """The results folder `folder` holds results of a run whose settings `changed` differ from this run's."""
+    """The folder `folder` holds results of a run made with other settings than this run's: `changed` maps each
+    setting that differs (the checkpoint's SHA256 among them) to (recorded, now). Continuing would mix two runs."""
 
-    def __init__(self, folder: Path, changed: Sequence[str]) -> None:
-        self.folder, self.changed = Path(folder), tuple(changed)
-        super().__init__(f"{folder} holds results of a run with other settings ({', '.join(self.changed)} differ)")
-
-
-class ResumeMismatch(SAMMed3DError):
-    """The run in `path` was made with other settings than the ones asked for now: `changed` maps each setting to
-    (recorded, asked for). Continuing would mix two runs, so nothing is resumed."""
-
-    def __init__(self, path: Path, changed: Dict[str, Tuple[Any, Any]]) -> None:
-        self.path, self.changed = Path(path), dict(changed)
-        listed = ", ".join(f"{name} {was!r} -> {now!r}" for name, (was, now) in self.changed.items())
-        super().__init__(f"{path} was made with other settings ({listed})")
+    def __init__(self, folder: Path, changed: Dict[str, Tuple[Any, Any]]) -> None:
+        self.folder, self.changed = Path(folder), dict(changed)
+        listed = "; ".join(f"{name} {was!r} there, {now!r} now" for name, (was, now) in self.changed.items())
+        super().__init__(f"{folder} holds results of a run with other settings ({listed})")
 
 
 class CannotWrite(SAMMed3DError):
@@ -189,12 +181,13 @@ class CacheNotWritable(SAMMed3DError):
 
 
 class OutputIsInput(SAMMed3DError):
-    """The output `output` is the input `input` (`what`: "image", "label folder"...): writing would replace it."""
+    """The output `output` is the input `input` (`what`: "image", "label folder"...): writing would replace it or
+    mix results with the data."""
 
     def __init__(self, output: Path, input: Path, what: str) -> None:
         self.output, self.input, self.what = Path(output), Path(input), what
         same = "is" if str(output) == str(input) else f"resolves to {input},"
-        super().__init__(f"the output {output} {same} the input {what}; it would be overwritten")
+        super().__init__(f"the output {output} {same} the input {what}")
 
 
 class UnreadableImage(SAMMed3DError):

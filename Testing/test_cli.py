@@ -181,7 +181,7 @@ def test_predict_refuses_bad_outputs_and_clicks_before_the_model_loads(pyradiomi
     original = image.read_bytes()
     click = ["--checkpoint", "x", "--ijk", "--point", "218", "359", "33"]
     user_error(capsys, ["predict", str(image), *click, "--output", str(image)],
-               f"the output {image} is the input image; it would be overwritten")
+               f"the output {image} is the input image; nothing was written")
     user_error(capsys, ["predict", str(image), *click, "--output", str(tmp_path / "." / "ct.nrrd")], "input image")
     assert image.read_bytes() == original
     err = user_error(capsys, ["predict", str(image), *click, "--output", str(read_only_folder / "m.nii.gz")],

@@ -65,7 +65,7 @@ CASES = [
      "pip install 'SAMMed3DLib[onnx]'", "Click 'Install dependencies'"),
     (errors.DeviceUnavailable("cuda", "CPU-only torch"), "--device cpu", "device 'auto' or 'cpu'"),
     (errors.NotAnExport(Path("/m"), "no such folder"), "sammed3d export-onnx", "encoder.onnx and decoder.onnx"),
-    (errors.OtherRun(Path("/r"), ["seed"]), "use another --output folder", "/r holds results"),
+    (errors.OtherRun(Path("/r"), {"seed": (0, 1)}), "use another --output folder", "/r holds results"),
 ]
 
 

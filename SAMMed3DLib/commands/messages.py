@@ -42,7 +42,11 @@ def terminal_message(error: BaseException) -> str:
     if isinstance(error, errors.NotAnExport):
         return f"{facts}; write one with `sammed3d export-onnx --checkpoint PATH_OR_NAME --output DIR`"
     if isinstance(error, errors.OtherRun):
-        return f"--output {facts}; use another --output folder or delete this one"
+        return f"--output {facts}; run with the recorded settings to continue it, or use another --output folder"
+    if isinstance(error, errors.OutputIsInput):
+        return f"--output: {facts}; nothing was written: choose another --output"
+    if isinstance(error, errors.CaseFailed):
+        return f"case {error.case}: {terminal_message(error.cause)}"
     if isinstance(error, errors.InvalidChecksum):
         return f"--sha256 {facts}"
     return facts

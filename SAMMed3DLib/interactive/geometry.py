@@ -121,10 +121,7 @@ class Volume:
             raise SAMMed3DError(
                 f"expected one value per voxel, got {image.GetNumberOfComponentsPerPixel()} (a vector or RGB image)"
             )
-        ijk_to_lps = np.eye(4)
-        ijk_to_lps[:3, :3] = np.reshape(image.GetDirection(), (3, 3)) * np.asarray(image.GetSpacing())
-        ijk_to_lps[:3, 3] = image.GetOrigin()
-        return cls(sitk.GetArrayFromImage(image), LPS_TO_RAS @ ijk_to_lps)
+        return cls(sitk.GetArrayFromImage(image), _ijk_to_ras(image))
 
     def to_sitk(self):
         """The volume as a SimpleITK image (LPS geometry, same voxels)."""
@@ -170,6 +167,29 @@ class Volume:
             return cls.from_sitk(image)
         except (SAMMed3DError, ValueError) as error:
             raise SAMMed3DError(f"{path}: {error}") from error
+
+
+def _ijk_to_ras(image) -> np.ndarray:
+    """The IJK->RAS matrix of a SimpleITK image, or of a reader that has read a file's header (both LPS)."""
+    ijk_to_lps = np.eye(4)
+    ijk_to_lps[:3, :3] = np.reshape(image.GetDirection(), (3, 3)) * np.asarray(image.GetSpacing())
+    ijk_to_lps[:3, 3] = image.GetOrigin()
+    return LPS_TO_RAS @ ijk_to_lps
+
+
+def file_grid(path: str | os.PathLike) -> Tuple[Tuple[int, ...], np.ndarray]:
+    """A volume file's array shape (K,J,I) and IJK->RAS matrix from its header alone, without reading voxels."""
+    import SimpleITK as sitk
+
+    from SAMMed3DLib.interactive.image_files import itk_reason
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(os.fspath(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as error:
+        raise UnreadableImage(Path(path), itk_reason(error)) from error
+    return tuple(int(n) for n in reader.GetSize()[::-1]), _ijk_to_ras(reader)
 
 
 def canonical_axes(directions: np.ndarray) -> Tuple[Tuple[int, int, int], Tuple[int, int, int]]:
