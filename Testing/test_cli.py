@@ -226,3 +226,18 @@ def test_predict_shows_progress_per_click_and_a_summary(tmp_path, capsys, oracle
     assert capsys.readouterr().out.splitlines()[1] == (
         "1 region of interest encoded: the cap was reached, so the object may be cut off at a region's face; "
         "raise it with --max-rois 2")
+
+
+def test_no_library_warning_reaches_stderr(tmp_path, capfd, oracle):
+    """A NIfTI written by nibabel whose sform has unexpected scales (ITK warns on stderr, then uses the qform)."""
+    nibabel = pytest.importorskip("nibabel")
+    array = np.full((40, 40, 30), 100, np.int16)
+    array[10:30, 10:30, 10:20] = 600
+    sform = np.array([[0.8, 0.05, 0, 0], [0, 0.9, 0, 0], [0, 0, 2, 0], [0, 0, 0, 1.0]])
+    image = nibabel.Nifti1Image(array, sform)
+    image.set_qform(np.diag([0.8, 0.9, 2, 1]), code=1)
+    nibabel.save(image, str(tmp_path / "sheared.nii.gz"))
+    assert main(["predict", str(tmp_path / "sheared.nii.gz"), "--checkpoint", "x", "--ijk", "--point", "20", "20",
+                 "15", "--output", str(tmp_path / "m.nii.gz")]) == 0
+    err = capfd.readouterr().err
+    assert "WARNING" not in err.upper(), err

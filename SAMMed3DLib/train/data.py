@@ -28,9 +28,9 @@ from SAMMed3DLib.errors import SAMMed3DError
 from SAMMed3DLib.files import temporary_folder
 from SAMMed3DLib.interactive.geometry import Volume
 from SAMMed3DLib.interactive.preprocess import Modality, normalise
+from SAMMed3DLib.train.config import MIN_TARGET_VOXELS
 
 CACHE_VERSION = 1
-MIN_TARGET_VOXELS = 1000  # the reference redraws samples with at most this many label voxels in the crop
 
 
 @dataclass(frozen=True)
