@@ -288,6 +288,10 @@ def test_images_given_as_labels_are_refused_before_the_model(tmp_path, capsys):
         synthetic_case(tmp_path, f"case{i}", i)
     images, labels, out = tmp_path / "images", tmp_path / "labels", tmp_path / "out"
     evaluate_error(capsys, images, images, out, "--labels", "is the --images folder")
+    before = sorted(p.name for p in labels.iterdir())
+    assert main(["evaluate", "--images", str(images), "--labels", str(labels), "--output", str(labels),
+                 "--checkpoint", "x"]) == 2
+    assert "the output" in capsys.readouterr().err and sorted(p.name for p in labels.iterdir()) == before
     with pytest.raises(SAMMed3DError, match="is the image folder"):
         pair_cases(images, images)
     # The folders swapped: the "labels" are CT intensities (negative HU).
