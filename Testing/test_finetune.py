@@ -432,7 +432,6 @@ def test_resume_takes_the_recorded_settings_and_refuses_a_changed_one(spheres, t
 
     from SAMMed3DLib import __version__
     from SAMMed3DLib.testing.random_weights import save_random_checkpoint
-    from SAMMed3DLib.train.config import default_workers
     from SAMMed3DLib.weights import sha256_of
 
     base = save_random_checkpoint(tmp_path / "base.pth", variant="tiny", seed=4)
@@ -457,6 +456,8 @@ def test_resume_takes_the_recorded_settings_and_refuses_a_changed_one(spheres, t
     assert main([*common, "--resume", "--max-steps", "2"]) == 0  # nothing else given: the recorded settings
     state = torch.load(output / LATEST, weights_only=True)
     assert state["step"] == 2 and state["args"]["lr"] == 1e-3 and state["args"]["accumulation_steps"] == 2
+    from SAMMed3DLib.train.config import default_workers
+
     assert state["args"]["num_workers"] == default_workers() == max(0, min(4, cpus - 1))
     assert state["provenance"]["base_checkpoint"]["sha256"] == sha256_of(base)
     capsys.readouterr()
