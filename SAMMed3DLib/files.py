@@ -28,6 +28,10 @@ _HOST = hashlib.sha256(socket.gethostname().encode("utf-8")).hexdigest()[:6]
 _TEMPORARY = re.compile(r"^\..+~(?P<host>[0-9a-f]{6})-(?P<pid>\d+)-[0-9a-f]{8}\.tmp(\..+)?$")
 
 
+def _cannot_write(path: Path, error: OSError) -> CannotWrite:
+    return CannotWrite(path, error.strerror or str(error))
+
+
 def _temporary_name(path: Path, suffix: str) -> Path:
     return path.with_name(f".{path.name}~{_HOST}-{os.getpid()}-{secrets.token_hex(4)}.tmp{suffix}")
 
@@ -103,14 +107,14 @@ def check_writable(path: Path, folder: bool = False) -> None:
     try:
         os.unlink(_create_file(where / ".write-check", ""))
     except OSError as error:
-        raise CannotWrite(path, error.strerror or str(error)) from None
+        raise _cannot_write(path, error) from None
 
 
 def _make_parent(path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise CannotWrite(path, error.strerror or str(error)) from None
+        raise _cannot_write(path, error) from None
 
 
 @contextmanager
@@ -125,7 +129,7 @@ def atomic_path(path: Path, suffix: str = "") -> Iterator[Path]:
     try:
         temporary = _create_file(path, suffix)
     except OSError as error:
-        raise CannotWrite(path, error.strerror or str(error)) from None
+        raise _cannot_write(path, error) from None
     try:
         yield temporary
         os.replace(temporary, path)
@@ -133,7 +137,7 @@ def atomic_path(path: Path, suffix: str = "") -> Iterator[Path]:
         named = {os.fspath(name) for name in (error.filename, error.filename2) if name is not None}
         if named and str(temporary) not in named:  # about another file (an input read inside the block)
             raise
-        raise CannotWrite(path, error.strerror or str(error)) from None
+        raise _cannot_write(path, error) from None
     finally:
         temporary.unlink(missing_ok=True)
 
@@ -153,7 +157,7 @@ def temporary_folder(path: Path) -> Iterator[Path]:
         except FileExistsError:
             continue
         except OSError as error:
-            raise CannotWrite(path, error.strerror or str(error)) from None
+            raise _cannot_write(path, error) from None
     try:
         yield staging
     finally:
