@@ -311,3 +311,23 @@ def test_a_read_only_home_is_named_before_any_transfer(server, monkeypatch, read
     assert f"SAMMED3D_HOME is {read_only_folder}, and its weights cache {read_only_folder / 'weights'} cannot be " \
            "written" in err and "set SAMMED3D_HOME to a writable folder" in err
     assert server.requests == []
+
+
+def test_an_old_format_checkpoint_brings_no_note_from_torch(tmp_path, home, capsys):
+    """torch's legacy (non-zip) format with pickle protocol 4: torch's safe loader cannot read it and notes the
+    protocol to its developers on stderr; we say what the file is, once."""
+    torch = pytest.importorskip("torch")
+    import warnings
+
+    from SAMMed3DLib.testing.random_weights import random_model
+
+    path = tmp_path / "old_format.pth"
+    torch.save({"model_state_dict": random_model("tiny").state_dict()}, path, _use_new_zipfile_serialization=False,
+               pickle_protocol=4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["weights", "import", str(path), "--name", "old"]) == 2
+    assert [str(w.message) for w in caught] == []
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "in torch's old (non-zip) format with a newer pickle protocol" in err and "torch.save" in err
+    assert cache_files(home) == []

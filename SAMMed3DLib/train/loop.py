@@ -187,13 +187,12 @@ def seed_everything(seed: int) -> None:
 
 
 def read_training_checkpoint(path: Path, device: torch.device, mmap: bool = False) -> Dict[str, Any]:
-    """A checkpoint in the reference's format with weights_only=True; its `args` may be an argparse.Namespace (the
+    """A checkpoint in the reference's format, read safely (`safe_load`); its `args` may be an argparse.Namespace (the
     reference's own script pickles one), the one non-tensor type allowed, as for the weights loader. `mmap` reads
     tensors only when used (to look at the settings)."""
-    from SAMMed3DLib.model.checkpoint import ALLOWED_GLOBALS
+    from SAMMed3DLib.model.checkpoint import safe_load
 
-    with torch.serialization.safe_globals(ALLOWED_GLOBALS):
-        return torch.load(path, map_location=device, weights_only=True, mmap=mmap)
+    return safe_load(path, device, mmap)
 
 
 class Trainer:
