@@ -90,7 +90,9 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings(click_count=args.clicks, protocol=args.protocol, seed=args.seed, labels_only=args.labels_only,
                         modality=args.modality)
     # Folder and label-map problems show before a checkpoint is downloaded or loaded.
-    checked = check_cases(cases_to_do(pair_cases(args.images, args.labels), args.output), settings)
+    todo = cases_to_do(pair_cases(args.images, args.labels), args.output)
+    with tqdm(total=len(todo), unit="case", desc="check labels", file=sys.stderr, delay=0.5, leave=False) as bar:
+        checked = check_cases(todo, settings, on_case=lambda case, done, total: bar.update(done - bar.n))
     model = _common.resolve_model(args)
     predictor = _common.build_predictor(args, model)
     checkpoint = provenance.checkpoint(model, args.checkpoint, predictor)

@@ -96,11 +96,16 @@ def read_label(case: Case) -> Tuple[Any, List[int]]:
     return label, values
 
 
-def check_cases(cases: List[Case], settings: Settings) -> Dict[str, List[int]]:
+def check_cases(
+    cases: List[Case], settings: Settings, on_case: Optional[Callable[[Case, int, int], None]] = None
+) -> Dict[str, List[int]]:
     """The label values to evaluate in each case (`labels_only` applied; empty for a case without foreground),
-    every label map read and checked (`read_label`) before any model work; an error names its case."""
+    every label map read and checked (`read_label`) before any model work; an error names its case.
+    `on_case(case, done, cases)` before each (progress)."""
     values = {}
-    for case in cases:
+    for done, case in enumerate(cases):
+        if on_case is not None:
+            on_case(case, done, len(cases))
         try:
             found = read_label(case)[1]
         except (SAMMed3DError, ValueError, OSError) as error:
