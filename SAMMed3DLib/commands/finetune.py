@@ -6,7 +6,9 @@ Images are resampled once to the model's frame (1.5 mm, canonical RAS+) and cach
 
 Writes to OUTPUT: sam_model_latest.pth (every epoch, for --resume), sam_model_dice_best.pth (best validation Dice
 at 1 and 5 clicks on a held-out tenth of the cases) in the reference's checkpoint format, and train_log.jsonl
-(one JSON object per optimiser step and per validation).
+(one JSON object per optimiser step and per validation). Each checkpoint records its provenance: the base
+checkpoint's SHA256, the data folder, every setting, the software and the device. --resume continues with the
+recorded settings; only --max-steps, --device and --num-workers may change.
 
 Examples:
   sammed3d finetune --data Dataset501_Prostate --output runs/prostate --checkpoint turbo
