@@ -48,6 +48,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     Set SAMMED3D_DEBUG=1 to see the traceback of a user error.
     """
     args = build_parser().parse_args(argv)
+    _quiet_libraries()
     try:
         return int(args.run(args) or 0)
     except (SAMMed3DError, ValueError, OSError) as error:
@@ -58,6 +59,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"sammed3d {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _quiet_libraries() -> None:
+    """ITK prints its warnings (an unusual NIfTI sform, a MetaImage detail) straight to stderr, between our progress
+    bars and messages; what matters to the user reaches them as our own errors."""
+    import SimpleITK
+
+    SimpleITK.ProcessObject.SetGlobalWarningDisplay(False)
 
 
 if __name__ == "__main__":

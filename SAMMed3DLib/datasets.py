@@ -10,9 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from SAMMed3DLib.errors import SAMMed3DError
+import numpy as np
+
+from SAMMed3DLib.errors import NotALabelMap, SAMMed3DError
 
 IMAGE_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+# Distinct non-zero values a label map holds at most: the largest atlases (Schaefer's 1000 parcels) fit; an intensity
+# image (a CT, an MR scan given as labels) has thousands.
+MAX_LABEL_VALUES = 1000
 
 
 @dataclass(frozen=True)
@@ -103,3 +108,28 @@ def modality(*folders: Path) -> str:
     if not first:
         return "auto"
     return "ct" if first == "ct" else "mr"
+
+
+def label_values(path: Path, labels: np.ndarray) -> List[int]:
+    """The non-zero values of the label map read from `path`, in order; `NotALabelMap` naming the file if it holds
+    non-integer or negative values or more than `MAX_LABEL_VALUES` distinct ones (an intensity image)."""
+    if np.issubdtype(labels.dtype, np.floating):
+        fractional = labels[labels != np.round(labels)]
+        if fractional.size:
+            raise NotALabelMap(path, f"it holds non-integer values (e.g. {fractional.flat[0]:g}); a label map holds "
+                               "whole numbers")
+    lowest = labels.min()
+    if lowest < 0:
+        raise NotALabelMap(path, f"it holds negative values (e.g. {lowest:g}); label values are 0 (background) or more")
+    if labels.max() < 2**16:  # marking the values present is much faster than sorting
+        small = labels.dtype.kind in "iu" and labels.itemsize <= 2  # non-negative: its unsigned view, no copy
+        present = np.zeros(2**16, bool)
+        present[(labels.view(f"u{labels.itemsize}") if small else labels.astype(np.uint16)).ravel()] = True
+        values = np.flatnonzero(present)
+    else:
+        values = np.unique(labels).astype(np.int64)
+    values = values[values != 0]
+    if values.size > MAX_LABEL_VALUES:
+        raise NotALabelMap(path, f"it holds {values.size} distinct values, more than a label map has "
+                           f"({MAX_LABEL_VALUES} at most): an intensity image?")
+    return [int(v) for v in values]

@@ -9,7 +9,7 @@ library message names a command-line flag or a command.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 
 class SAMMed3DError(Exception):
@@ -73,12 +73,13 @@ class ChecksumMismatch(SAMMed3DError):
 
 
 class ChecksumUnknown(SAMMed3DError):
-    """A file was downloaded from `url` that has no published SHA256: its hash is `actual`; it is kept at `kept` so
-    that trusting it needs no second transfer."""
+    """A file from `url` has no published SHA256: its hash is `actual`; it is kept at `kept` so that trusting it
+    needs no second transfer. `cached`: the file was already in the cache (hashed again now, not downloaded)."""
 
-    def __init__(self, url: str, actual: str, kept: Path) -> None:
-        self.url, self.actual, self.kept = url, actual, Path(kept)
-        super().__init__(f"no published SHA256 for {url}; the downloaded file's SHA256 is {actual}")
+    def __init__(self, url: str, actual: str, kept: Path, cached: bool = False) -> None:
+        self.url, self.actual, self.kept, self.cached = url, actual, Path(kept), cached
+        found = f"the cached file {self.kept} has SHA256" if cached else "the downloaded file's SHA256 is"
+        super().__init__(f"no published SHA256 for {url}; {found} {actual}")
 
 
 class DownloadFailed(SAMMed3DError):
@@ -118,6 +119,23 @@ class CacheConflict(SAMMed3DError):
                          f"{expected}) at {path}")
 
 
+class NameTaken(CacheConflict):
+    """Importing a file under the name `name` would replace the different file the cache holds under it."""
+
+    def __init__(self, name: str, path: Path, cached: str, expected: str) -> None:
+        self.name = name
+        super().__init__(path, cached, expected)
+
+
+class NotCached(SAMMed3DError):
+    """`name` names no checkpoint in the weights cache `folder`; `cached` are the names there are."""
+
+    def __init__(self, name: str, folder: Path, cached: Sequence[str]) -> None:
+        self.name, self.folder, self.cached = name, Path(folder), tuple(cached)
+        held = ", ".join(self.cached) if self.cached else "nothing"
+        super().__init__(f"the weights cache {folder} holds no checkpoint {name!r} (it holds {held})")
+
+
 class CheckpointNotFound(SAMMed3DError):
     """`value` is neither a checkpoint file nor a checkpoint name; `known` are the names there are."""
 
@@ -135,8 +153,63 @@ class NotAnExport(SAMMed3DError):
 
 
 class OtherRun(SAMMed3DError):
-    """The results folder `folder` holds results of a run whose settings `changed` differ from this run's."""
+    """The folder `folder` holds results of a run made with other settings than this run's: `changed` maps each
+    setting that differs (the checkpoint's SHA256 among them) to (recorded, now). Continuing would mix two runs."""
 
-    def __init__(self, folder: Path, changed: Sequence[str]) -> None:
-        self.folder, self.changed = Path(folder), tuple(changed)
-        super().__init__(f"{folder} holds results of a run with other settings ({', '.join(self.changed)} differ)")
+    def __init__(self, folder: Path, changed: Dict[str, Tuple[Any, Any]]) -> None:
+        self.folder, self.changed = Path(folder), dict(changed)
+        listed = "; ".join(f"{name} {was!r} there, {now!r} now" for name, (was, now) in self.changed.items())
+        super().__init__(f"{folder} holds results of a run with other settings ({listed})")
+
+
+class CannotWrite(SAMMed3DError):
+    """`path` (a file or a folder the user named, never a temporary file) cannot be written, for `reason`."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"cannot write {path}: {reason}")
+
+
+class CacheNotWritable(SAMMed3DError):
+    """The weights cache `path` cannot be written, for `reason`; `home` is the SAMMED3D_HOME folder it lies in when
+    that variable chose it (None: the platform's default data folder)."""
+
+    def __init__(self, path: Path, reason: str, home: Optional[Path] = None) -> None:
+        self.path, self.reason, self.home = Path(path), reason, None if home is None else Path(home)
+        where = f"SAMMED3D_HOME is {home}, and its" if home is not None else "the"
+        super().__init__(f"{where} weights cache {path} cannot be written ({reason})")
+
+
+class OutputIsInput(SAMMed3DError):
+    """The output `output` is the input `input` (`what`: "image", "label folder"...): writing would replace it or
+    mix results with the data."""
+
+    def __init__(self, output: Path, input: Path, what: str) -> None:
+        self.output, self.input, self.what = Path(output), Path(input), what
+        same = "is" if str(output) == str(input) else f"resolves to {input},"
+        super().__init__(f"the output {output} {same} the input {what}")
+
+
+class UnreadableImage(SAMMed3DError):
+    """The image file (or DICOM folder) `path` cannot be used: `reason` (truncated, corrupt, a bad header...)."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"cannot read {path}: {reason}")
+
+
+class NotALabelMap(SAMMed3DError):
+    """`path` was given as a label map but is not one: `reason` (non-integer or negative values, an intensity
+    image, the image file itself...)."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"{path} is not a label map: {reason}")
+
+
+class CaseFailed(SAMMed3DError):
+    """Case `case` of a dataset could not be evaluated: `cause` is the error, worded as it is on its own."""
+
+    def __init__(self, case: str, cause: BaseException) -> None:
+        self.case, self.cause = case, cause
+        super().__init__(f"case {case}: {cause}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
-import shutil
 import sys
 import time
 import urllib.error
@@ -23,6 +22,8 @@ from typing import Callable, Optional
 
 from SAMMed3DLib.errors import (
     CacheConflict,
+    CacheNotWritable,
+    CannotWrite,
     CheckpointNotFound,
     CheckpointOffline,
     ChecksumMismatch,
@@ -30,10 +31,12 @@ from SAMMed3DLib.errors import (
     DownloadFailed,
     DownloadInterrupted,
     InvalidChecksum,
+    NameTaken,
+    NotCached,
     NotDownloadable,
     SAMMed3DError,
 )
-from SAMMed3DLib.files import atomic_path
+from SAMMed3DLib.files import atomic_path, check_writable
 
 Progress = Callable[[int, Optional[int]], None]  # (bytes received, total bytes or None while unknown)
 
@@ -122,11 +125,35 @@ def cache_dir() -> Path:
     return home() / "weights"
 
 
-def sha256_of(path: Path) -> str:
+def writable_cache_dir() -> Path:
+    """The cache folder, created if needed, after checking that files can be created in it (`CacheNotWritable`
+    names SAMMED3D_HOME when that variable chose it): before a download or an import starts."""
+    folder = cache_dir()
+    try:
+        check_writable(folder, folder=True)
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CacheNotWritable(folder, error.strerror or str(error), _chosen_home()) from None
+    except CannotWrite as error:
+        raise CacheNotWritable(folder, error.reason, _chosen_home()) from None
+    return folder
+
+
+def _chosen_home() -> Optional[Path]:
+    return home() if os.environ.get("SAMMED3D_HOME") else None
+
+
+def sha256_of(path: Path, on_progress: Optional[Progress] = None) -> str:
+    """The file's SHA256; `on_progress(bytes read, file size)` as it is read."""
     digest = hashlib.sha256()
+    size = os.path.getsize(path)
+    done = 0
     with open(path, "rb") as stream:
         for chunk in iter(lambda: stream.read(_CHUNK), b""):
             digest.update(chunk)
+            done += len(chunk)
+            if on_progress is not None:
+                on_progress(done, size)
     return digest.hexdigest()
 
 
@@ -144,6 +171,35 @@ def cached(name: str) -> Optional[Path]:
     entry = find(name)
     candidates = [entry.filename] if entry else [_imported_filename(name, suffix) for suffix in CHECKPOINT_SUFFIXES]
     return next((cache_dir() / c for c in candidates if (cache_dir() / c).is_file()), None)
+
+
+def cached_file(name: str) -> Path:
+    """The cached file of a registry or imported name (or a cached file's own name); `NotCached` if there is none."""
+    hit = cached(name)
+    if hit is None and name and "/" not in name and (cache_dir() / name).is_file():
+        hit = cache_dir() / name
+    if hit is None or hit.suffix not in CHECKPOINT_SUFFIXES:
+        raise NotCached(name, cache_dir(), [path.stem for path in cached_files()])
+    return hit
+
+
+def cached_files() -> list[Path]:
+    """The checkpoint files in the cache, by name."""
+    folder = cache_dir()
+    if not folder.is_dir():
+        return []
+    return sorted(path for path in folder.iterdir() if path.suffix in CHECKPOINT_SUFFIXES and path.is_file())
+
+
+def remove(name: str) -> list[Path]:
+    """Delete a cached checkpoint (a registry or imported name, or its file name) and a partial download of it;
+    returns the deleted paths."""
+    path = cached_file(name)
+    part = path.with_name(path.name + ".part")
+    removed = [p for p in (path, part) if p.is_file()]
+    for p in removed:
+        p.unlink()
+    return removed
 
 
 def _imported_filename(name: str, suffix: str) -> str:
@@ -224,15 +280,19 @@ def fetch(
 
     `on_progress(received, total)` is called as bytes arrive (total None while unknown). A download without any
     expected hash is kept as `.part` (so trusting its hash later needs no second transfer) and refused with the hash
-    it computed (`ChecksumUnknown`). A mismatch deletes the `.part` file: nothing is left in the cache.
+    it computed (`ChecksumUnknown`). A mismatch deletes the `.part` file: nothing is left in the cache. A file
+    already cached under the name is hashed again and returned only if it has the expected hash; without one it is
+    refused with its hash, like a new download (never passed off as verified).
     """
     target, part, expected = wanted.target, wanted.part, wanted.sha256
     if target.is_file():
-        cached_hash = sha256_of(target) if expected else None
-        if cached_hash not in (None, expected):
+        cached_hash = sha256_of(target)
+        if expected is None:
+            raise ChecksumUnknown(wanted.url, cached_hash, target, cached=True)
+        if cached_hash != expected:
             raise CacheConflict(target, cached_hash, expected)
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    writable_cache_dir()
     for attempt in range(retries):
         try:
             _fetch(wanted.url, part, on_progress, timeout, wanted.size)
@@ -286,14 +346,16 @@ def _fetch(url: str, part: Path, on_progress: Optional[Progress], timeout: float
             raise EOFError(f"connection closed after {received} of {total} bytes")
 
 
-def verify(path: Path, sha256: Optional[str] = None) -> tuple[str, Optional[Checkpoint]]:
+def verify(
+    path: Path, sha256: Optional[str] = None, on_progress: Optional[Progress] = None
+) -> tuple[str, Optional[Checkpoint]]:
     """SHA256 of `path` and the registry entry it matches; raise if it matches neither `sha256` nor the registry
-    entry of the same file name."""
+    entry of the same file name. `on_progress` as for `sha256_of`."""
     path = Path(path)
     if not path.is_file():
         raise SAMMed3DError(f"{path} is not a file")
     expected = _normalise_hash(sha256)
-    actual = sha256_of(path)
+    actual = sha256_of(path, on_progress)
     match = next((e for e in REGISTRY if e.sha256 == actual), None)
     if expected is not None and actual != expected:
         raise ChecksumMismatch(path, expected, actual)
@@ -304,12 +366,27 @@ def verify(path: Path, sha256: Optional[str] = None) -> tuple[str, Optional[Chec
     return actual, match
 
 
-def import_file(path: Path, name: Optional[str] = None, sha256: Optional[str] = None) -> Path:
+def import_file(
+    path: Path,
+    name: Optional[str] = None,
+    sha256: Optional[str] = None,
+    replace: bool = False,
+    on_progress: Optional[Progress] = None,
+) -> Path:
     """Copy a checkpoint the user got elsewhere into the cache, after checking its hash against `sha256` and the
     registry. A registry name whose hash is published must match it; any other file must load as a SAM-Med3D network
-    (keys and shapes) and is stored as `<name>.pth`, or `<name>.safetensors` for that format."""
+    (keys and shapes) and is stored as `<name>.pth`, or `<name>.safetensors` for that format. A different file
+    already cached under the name is replaced only with `replace` (`NameTaken` otherwise); the same file is left as
+    it is. `on_progress(bytes, total)` follows the hashing and the copy."""
     path = Path(path)
-    actual, match = verify(path, sha256)
+    folder = writable_cache_dir()
+    size = path.stat().st_size if path.is_file() else 0
+
+    def hashing(done: int, _: Optional[int]) -> None:
+        if on_progress is not None:
+            on_progress(done, 2 * size)
+
+    actual, match = verify(path, sha256, on_progress=hashing)
     entry = find(name) if name else match
     if entry is not None and entry.sha256 and entry.sha256 != actual:
         raise ChecksumMismatch(path, entry.sha256, actual, detail=f" (the published {entry.name!r} checkpoint)")
@@ -317,16 +394,35 @@ def import_file(path: Path, name: Optional[str] = None, sha256: Optional[str] = 
         name = path.stem
     suffix = ".safetensors" if path.suffix == ".safetensors" else ".pth"  # load_sam_med3d reads by suffix
     filename = entry.filename if entry else _imported_filename(name, suffix)
+    target = folder / filename
+    if target.is_file():
+        cached_hash = sha256_of(target)
+        if cached_hash == actual:
+            return target
+        if not replace:
+            raise NameTaken(entry.name if entry else name, target, cached_hash, actual)
     if entry is None or entry.sha256 is None:  # no published hash to vouch for it: it must load as SAM-Med3D
         from SAMMed3DLib.model import load_sam_med3d
 
         load_sam_med3d(path)
-    target = cache_dir() / filename
     with atomic_path(target) as temporary:
-        shutil.copyfile(path, temporary)
-        if sha256_of(temporary) != actual:
+        copied = _copy(path, temporary, lambda done: hashing(size + done, None))
+        if copied != actual:
             raise SAMMed3DError(f"{path} changed while it was being copied; try again")
     return target
+
+
+def _copy(source: Path, target: Path, on_bytes: Callable[[int], None]) -> str:
+    """Copy `source` to `target` in chunks, reporting bytes copied; returns the SHA256 of what was written."""
+    digest = hashlib.sha256()
+    done = 0
+    with open(source, "rb") as reading, open(target, "wb") as writing:
+        for chunk in iter(lambda: reading.read(_CHUNK), b""):
+            writing.write(chunk)
+            digest.update(chunk)
+            done += len(chunk)
+            on_bytes(done)
+    return digest.hexdigest()
 
 
 def resolve(path_or_name: str, on_progress: Optional[Progress] = None) -> Path:

@@ -38,3 +38,20 @@ def pyradiomics_data() -> Path:
                         member.name = Path(member.name).name
                         tar.extract(member, target)
     return target
+
+
+@pytest.fixture()
+def read_only_folder(tmp_path) -> Path:
+    """An existing folder nobody can create files in: mode 0555, or for root (whom modes do not stop) the
+    immutable attribute."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    if getattr(os, "geteuid", lambda: 1)() != 0:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("running as root on a file system without the immutable attribute: no read-only folder")
+    yield folder
+    subprocess.run(["chattr", "-i", str(folder)], check=True)

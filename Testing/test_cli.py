@@ -3,6 +3,7 @@ geometry out (NIfTI, NRRD, .seg.nrrd), and every user error as one line, exit co
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -162,3 +163,81 @@ def test_installed_entry_point_runs_without_importing_torch_for_help():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8", check=True,
                             cwd=Path(__file__).resolve().parents[1])
     assert result.stdout.strip().splitlines()[-1] == "False"
+
+
+@pytest.fixture()
+def no_model(monkeypatch):
+    """Fails the test if a command loads a model: what must be found before it, is."""
+    def build_predictor(args):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(_common, "build_predictor", build_predictor)
+
+
+def test_predict_refuses_bad_outputs_and_clicks_before_the_model_loads(pyradiomics_data, tmp_path, capsys, no_model,
+                                                                      read_only_folder, monkeypatch):
+    image = tmp_path / "ct.nrrd"
+    image.write_bytes((pyradiomics_data / "lung1_image.nrrd").read_bytes())
+    original = image.read_bytes()
+    click = ["--checkpoint", "x", "--ijk", "--point", "218", "359", "33"]
+    user_error(capsys, ["predict", str(image), *click, "--output", str(image)],
+               f"the output {image} is the input image; nothing was written")
+    user_error(capsys, ["predict", str(image), *click, "--output", str(tmp_path / "." / "ct.nrrd")], "input image")
+    assert image.read_bytes() == original
+    err = user_error(capsys, ["predict", str(image), *click, "--output", str(read_only_folder / "m.nii.gz")],
+                     f"cannot write {read_only_folder / 'm.nii.gz'}: ")
+    assert ".tmp" not in err
+    (tmp_path / "mask.nrrd").mkdir()
+    user_error(capsys, ["predict", str(image), *click, "--output", str(tmp_path / "mask.nrrd")], "it is a folder")
+    user_error(capsys, ["predict", str(image), "--checkpoint", "x", "--point", "0", "0", "9999", "--output",
+                        str(tmp_path / "m.nrrd")], "click 1", "outside the volume")
+    monkeypatch.setattr(_common, "build_predictor", original_build_predictor)
+    monkeypatch.setenv("SAMMED3D_HOME", str(read_only_folder))
+    user_error(capsys, ["predict", str(image), "--checkpoint", "turbo", *click[2:], "--output",
+                        str(tmp_path / "m.nrrd")], f"SAMMED3D_HOME is {read_only_folder}", "cannot be written")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.nrrd", "mask.nrrd", "read-only"]
+
+
+original_build_predictor = _common.build_predictor
+
+
+def write_bar(path: Path) -> None:
+    """A 320 mm bright bar along S in a 400 mm volume: longer than a region of interest (192 mm)."""
+    array = np.full((200, 40, 40), 100, np.int16)
+    array[20:180, 12:28, 12:28] = 600
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((2.5, 2.5, 2.0))
+    sitk.WriteImage(image, str(path))
+
+
+def test_predict_shows_progress_per_click_and_a_summary(tmp_path, capsys, oracle):
+    write_bar(tmp_path / "bar.nrrd")
+    args = ["predict", str(tmp_path / "bar.nrrd"), "--checkpoint", "x", "--ijk", "--point", "20", "20", "100",
+            "--modality", "mr", "--output", str(tmp_path / "m.nrrd")]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    out = captured.out.splitlines()
+    assert re.fullmatch(rf"wrote {tmp_path / 'm.nrrd'}: \d+ voxels \([\d.]+ ml\) from 1 click in [\d.]+ s", out[0])
+    assert out[1] == "3 regions of interest encoded (cap 8, not reached)"
+    assert re.fullmatch(r"MR \(as given\); threshold oracle \(no network\); model loaded in [\d.]+ s, "
+                        r"inference [\d.]+ s", out[2])
+    assert "click 1: encoding region 1" in captured.err and "click 1: encoding region 3" in captured.err
+    assert main([*args, "--max-rois", "1"]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == (
+        "1 region of interest encoded: the cap was reached, so the object may be cut off at a region's face; "
+        "raise it with --max-rois 2")
+
+
+def test_no_library_warning_reaches_stderr(tmp_path, capfd, oracle):
+    """A NIfTI written by nibabel whose sform has unexpected scales (ITK warns on stderr, then uses the qform)."""
+    nibabel = pytest.importorskip("nibabel")
+    array = np.full((40, 40, 30), 100, np.int16)
+    array[10:30, 10:30, 10:20] = 600
+    sform = np.array([[0.8, 0.05, 0, 0], [0, 0.9, 0, 0], [0, 0, 2, 0], [0, 0, 0, 1.0]])
+    image = nibabel.Nifti1Image(array, sform)
+    image.set_qform(np.diag([0.8, 0.9, 2, 1]), code=1)
+    nibabel.save(image, str(tmp_path / "sheared.nii.gz"))
+    assert main(["predict", str(tmp_path / "sheared.nii.gz"), "--checkpoint", "x", "--ijk", "--point", "20", "20",
+                 "15", "--output", str(tmp_path / "m.nii.gz")]) == 0
+    err = capfd.readouterr().err
+    assert "WARNING" not in err.upper(), err

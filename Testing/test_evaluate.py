@@ -58,8 +58,11 @@ def test_random_weight_checkpoint_on_real_cases_is_deterministic_and_resumable(
             "--checkpoint", str(tiny_checkpoint), "--output", str(output), "--clicks", "3", "--device", "cpu"]
     assert main(args) == 0
     captured = capsys.readouterr()
-    assert "3 cases; mean Dice: 1 click" in captured.out
-    assert re.search(r"3/3 \[\d\d:\d\d<\d\d:\d\d", captured.err)  # progress bar: elapsed<ETA
+    assert "3 cases scored; mean Dice: 1 click" in captured.out
+    assert re.search(r"9/9 \[\d\d:\d\d<\d\d:\d\d", captured.err)  # progress per click: elapsed<ETA
+    assert re.search(r"evaluate:\s+\d+%.*\| [1-8]/9 ", captured.err)  # updated within a case, not only after it
+    for name in ("metrics.csv", "summary.json", "run.json", "dice_vs_clicks.png", "cases/lung2.csv"):
+        assert (output / name).stat().st_mode & 0o777 == 0o644, name  # the umask's mode (022 here)
 
     rows = read_csv(output / "metrics.csv")
     assert [r for r in rows[0]][:6] == ["case", "label", "label_name", "click", "dice", "nsd"]
@@ -88,7 +91,7 @@ def test_random_weight_checkpoint_on_real_cases_is_deterministic_and_resumable(
     (output / "cases" / "lung2.csv").unlink()
     (output / "metrics.csv").unlink()
     assert main(args) == 0
-    assert "1/1" in capsys.readouterr().err
+    assert "3/3" in capsys.readouterr().err
     assert kept.stat().st_mtime_ns == kept_stat
     second_run = read_csv(output / "metrics.csv")
     for a, b in zip(read_csv_text(first_run), second_run):
@@ -96,7 +99,7 @@ def test_random_weight_checkpoint_on_real_cases_is_deterministic_and_resumable(
 
     # The same folder with other settings is refused instead of mixing two runs.
     assert main([*args[:-2], "--seed", "1", "--device", "cpu"]) == 2
-    assert "other settings (seed differ)" in capsys.readouterr().err
+    assert "other settings (seed 0 there, 1 now)" in capsys.readouterr().err
 
 
 def read_csv_text(text: str) -> list[dict]:
@@ -130,7 +133,7 @@ def test_threshold_oracle_gets_high_dice_that_does_not_fall_with_more_clicks(tmp
     (tmp_path / "labels" / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "kidney",
                                                                              "2": "spleen"}}), encoding="utf-8")
     # The interior-most protocol: every click well inside an error region, which the oracle always gets right.
-    settings = Settings(click_count=5, protocol="ritm", checkpoint="oracle")
+    settings = Settings(click_count=5, protocol="ritm")
     summary = evaluate(ThresholdPredictor(), tmp_path / "images", tmp_path / "labels", tmp_path / "ritm", settings)
     assert summary["cases"] == 2
     assert {v["name"] for v in summary["per_label"].values()} == {"kidney", "spleen"}
@@ -220,3 +223,136 @@ def test_evaluation_and_finetuning_read_a_folder_the_same_way(tmp_path):
     (tmp_path / "dataset.json").write_text("[1, 2]", encoding="utf-8")
     with pytest.raises(SAMMed3DError, match="holds no JSON object"):
         data.find_cases(tmp_path)
+
+
+def test_provenance_is_recorded_and_a_resume_with_another_checkpoint_is_refused(
+    real_dataset, tmp_path, monkeypatch, capsys
+):
+    """Interrupted, another file imported under the same name, resumed: refused, not a table of two models."""
+    from SAMMed3DLib import __version__
+    from SAMMed3DLib.weights import sha256_of
+
+    monkeypatch.setenv("SAMMED3D_HOME", str(tmp_path / "home"))
+    first = save_random_checkpoint(tmp_path / "a.pth", variant="tiny", seed=1)
+    second = save_random_checkpoint(tmp_path / "b.pth", variant="tiny", seed=2)
+    assert main(["weights", "import", str(first), "--name", "mine"]) == 0
+    output = tmp_path / "out"
+    args = ["evaluate", "--images", str(real_dataset / "imagesTr"), "--labels", str(real_dataset / "labelsTr"),
+            "--checkpoint", "mine", "--output", str(output), "--clicks", "1", "--device", "cpu"]
+    assert main(args) == 0
+    for name in ("run.json", "summary.json"):
+        record = json.loads((output / name).read_text(encoding="utf-8"))
+        assert record["checkpoint"]["sha256"] == sha256_of(first) and record["checkpoint"]["given"] == "mine"
+        assert record["checkpoint"]["file"] == "mine.pth"
+        assert record["settings"] == {"click_count": 1, "protocol": "random", "seed": 0, "labels_only": None,
+                                      "modality": "auto"}
+        (run,) = record["runs"]
+        assert run["backend"] == "PyTorch on cpu" and run["device"] == "cpu"
+        assert run["software"]["SAMMed3DLib"] == __version__ and run["software"]["torch"].startswith("2.")
+        assert run["software"]["SimpleITK"] and "onnxruntime" in run["software"]
+    (output / "cases" / "lung2.csv").unlink()  # as if interrupted
+    assert main(["weights", "import", str(second), "--name", "mine", "--replace"]) == 0
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert f"checkpoint SHA256 '{sha256_of(first)}' there, '{sha256_of(second)}' now" in err
+    assert not (output / "cases" / "lung2.csv").exists()
+    # The same model under another name (its file path) continues the run, and the run is recorded.
+    assert main([*args[:5], "--checkpoint", str(first), *args[7:]]) == 0
+    assert len(json.loads((output / "run.json").read_text(encoding="utf-8"))["runs"]) == 2
+
+
+def write_volume(path: Path, array: np.ndarray, spacing=(0.8, 0.9, 3.0)) -> None:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    image.SetOrigin((10.0, -20.0, 30.0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path))
+
+
+def evaluate_error(capsys, images: Path, labels: Path, output: Path, *expected: str) -> str:
+    """One line, exit 2, nothing written; the checkpoint does not exist, so the error came before the model."""
+    code = main(["evaluate", "--images", str(images), "--labels", str(labels), "--output", str(output),
+                 "--checkpoint", str(output.parent / "no-such-checkpoint.pth"), "--clicks", "1"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for text in expected:
+        assert text in err, err
+    assert not output.exists() or list(output.iterdir()) == []
+    return err
+
+
+def test_images_given_as_labels_are_refused_before_the_model(tmp_path, capsys):
+    for i in range(2):
+        synthetic_case(tmp_path, f"case{i}", i)
+    images, labels, out = tmp_path / "images", tmp_path / "labels", tmp_path / "out"
+    evaluate_error(capsys, images, images, out, "--labels", "is the --images folder")
+    before = sorted(p.name for p in labels.iterdir())
+    assert main(["evaluate", "--images", str(images), "--labels", str(labels), "--output", str(labels),
+                 "--checkpoint", "x"]) == 2
+    assert "the output" in capsys.readouterr().err and sorted(p.name for p in labels.iterdir()) == before
+    with pytest.raises(SAMMed3DError, match="is the image folder"):
+        pair_cases(images, images)
+    # The folders swapped: the "labels" are CT intensities (negative HU).
+    evaluate_error(capsys, labels, images, out, f"case case0: {images / 'case0.nrrd'} is not a label map: it holds "
+                   "negative values (e.g. -")
+    # MR-like intensities: thousands of values.
+    mr = np.random.default_rng(0).integers(0, 3000, (30, 110, 120)).astype(np.int16)
+    write_volume(tmp_path / "mr" / "case0.nrrd", mr)
+    write_volume(tmp_path / "mr" / "case1.nrrd", mr)
+    evaluate_error(capsys, images, tmp_path / "mr", out, "case case0:", "distinct values, more than a label map has "
+                   "(1000 at most): an intensity image?")
+    # A label file that is a copy of its image.
+    (tmp_path / "copies").mkdir()
+    for i in range(2):
+        (tmp_path / "copies" / f"case{i}.nrrd").write_bytes((images / f"case{i}.nrrd").read_bytes())
+    evaluate_error(capsys, images, tmp_path / "copies", out, "case case0:", "is identical to the image")
+
+
+@pytest.mark.parametrize(("value", "expected"), [(1.5, "non-integer values (e.g. 1.5)"),
+                                                 (-1.0, "negative values (e.g. -1)")])
+def test_a_label_map_that_is_not_one_names_the_file_and_the_cause(tmp_path, capsys, value, expected):
+    synthetic_case(tmp_path, "a", 0)
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "labels" / "a.nrrd"))).astype(np.float32)
+    label[label == 2] = value
+    write_volume(tmp_path / "labels" / "a.nrrd", label)
+    evaluate_error(capsys, tmp_path / "images", tmp_path / "labels", tmp_path / "out",
+                   f"case a: {tmp_path / 'labels' / 'a.nrrd'} is not a label map: it holds {expected}")
+
+
+def test_empty_cases_are_listed_not_dropped(tmp_path, capsys):
+    for i in range(3):
+        synthetic_case(tmp_path, f"case{i}", i)
+    write_volume(tmp_path / "labels" / "case1.nrrd", np.zeros((30, 110, 120), np.uint8))
+    summary = evaluate(ThresholdPredictor(), tmp_path / "images", tmp_path / "labels", tmp_path / "out",
+                       Settings(click_count=1))
+    assert summary["cases"] == 2 and summary["empty_cases"] == ["case1"]
+    assert json.loads((tmp_path / "out" / "summary.json").read_text(encoding="utf-8"))["empty_cases"] == ["case1"]
+    with pytest.raises(SAMMed3DError, match=r"no case has a foreground label value among the label values \[9\]"):
+        evaluate(ThresholdPredictor(), tmp_path / "images", tmp_path / "labels", tmp_path / "none",
+                 Settings(click_count=1, labels_only=[9]))
+
+
+def test_the_final_line_counts_empty_cases(tmp_path, capsys, monkeypatch):
+    from SAMMed3DLib.commands import _common
+
+    for i in range(2):
+        synthetic_case(tmp_path, f"case{i}", i)
+    write_volume(tmp_path / "labels" / "case1.nrrd", np.zeros((30, 110, 120), np.uint8))
+    monkeypatch.setattr(_common, "resolve_model", lambda args: None)
+    monkeypatch.setattr(_common, "build_predictor", lambda args, model=None: ThresholdPredictor())
+    assert main(["evaluate", "--images", str(tmp_path / "images"), "--labels", str(tmp_path / "labels"),
+                 "--output", str(tmp_path / "out"), "--checkpoint", "oracle", "--clicks", "1"]) == 0
+    assert capsys.readouterr().out.startswith("1 case scored, 1 case without foreground not scored (case1); "
+                                              "mean Dice: 1 click ")
+
+
+def test_an_error_inside_a_case_names_the_case(tmp_path):
+    synthetic_case(tmp_path, "good", 0)
+    synthetic_case(tmp_path, "bad", 1)
+    whole = (tmp_path / "images" / "bad.nrrd").read_bytes()
+    (tmp_path / "images" / "bad.nrrd").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(SAMMed3DError, match=r"^case bad: cannot read .*bad.nrrd: fread got only"):
+        evaluate(ThresholdPredictor(), tmp_path / "images", tmp_path / "labels", tmp_path / "out",
+                 Settings(click_count=1))

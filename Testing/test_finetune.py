@@ -11,6 +11,7 @@ import hashlib
 import http.server
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -74,7 +75,7 @@ def one_thread():
 
 def small_config(data_dir: Path, output: Path, **changes) -> TrainConfig:
     settings = dict(data=str(data_dir), output=str(output), variant="tiny", model_overrides=dict(SMALL),
-                    batch_size=1, accumulation_steps=1, lr=2e-3, device="cpu", num_workers=0, progress=False,
+                    batch_size=1, accumulation_steps=1, lr=2e-3, device="cpu", num_workers=0,
                     min_voxels=100, epochs=100)
     settings.update(changes)
     return TrainConfig(**settings)
@@ -366,7 +367,7 @@ url, sha256, data, output, overrides = sys.argv[1:]
 weights.REGISTRY = (weights.Checkpoint("turbo", "sam_med3d_turbo.pth", url, url, None, sha256, ""),)
 context = distributed.setup("cpu")
 config = TrainConfig(data=data, output=output, checkpoint="turbo", variant="tiny",
-                     model_overrides=json.loads(overrides), num_workers=0, progress=False, min_voxels=100, device="cpu")
+                     model_overrides=json.loads(overrides), num_workers=0, min_voxels=100, device="cpu")
 sys.stdout.write(f"weights {weights_digest(Trainer(config, context).model)}\\n")  # one write: no interleaving
 distributed.cleanup(context)
 """
@@ -422,3 +423,50 @@ def test_one_step_of_vit_b_ori(tmp_path):
     medim.create_model("SAM-Med3D").load_state_dict(checkpoint["model_state_dict"], strict=True)  # the reference
     lrs = [group["lr"] for group in checkpoint["optimizer_state_dict"]["param_groups"]]
     np.testing.assert_allclose(lrs, [8e-5, 8e-6, 8e-6], rtol=1e-12)  # encoder; prompt encoder, decoder at 1/10
+
+
+def test_resume_takes_the_recorded_settings_and_refuses_a_changed_one(spheres, tmp_path, capsys, one_thread):
+    """Progress per micro-batch, provenance in the checkpoint, the machine's worker count, no library warning; then
+    --resume continues with the recorded settings (not the defaults) and refuses a changed --lr."""
+    import warnings
+
+    from SAMMed3DLib import __version__
+    from SAMMed3DLib.testing.random_weights import save_random_checkpoint
+    from SAMMed3DLib.weights import sha256_of
+
+    base = save_random_checkpoint(tmp_path / "base.pth", variant="tiny", seed=4)
+    output = tmp_path / "out"
+    common = ["finetune", "--data", str(spheres), "--output", str(output), "--device", "cpu"]
+    cpus = len(os.sched_getaffinity(0))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main([*common, "--checkpoint", str(base), "--batch-size", "1", "--accumulation-steps", "2",
+                     "--lr", "1e-3", "--max-steps", "1", "--num-workers", str(cpus + 1)]) == 0
+    assert [str(w.message) for w in caught] == []  # torch's "more workers than CPUs" note among them
+    err = capsys.readouterr().err
+    assert re.search(r"finetune: 100%\|.*\| 2/2 \[.*batch, step 1, epoch 0, loss [\d.]+\]", err), err
+    assert re.search(r"finetune:  50%\|.*\| 1/2 \[", err), err  # one micro-batch of two: not only per step
+    state = torch.load(output / LATEST, weights_only=True)
+    record = state["provenance"]
+    assert record["base_checkpoint"]["sha256"] == sha256_of(base) and record["base_checkpoint"]["file"] == "base.pth"
+    assert record["data"] == str(spheres.resolve()) and record["processes"] == 1 and record["device"] == "cpu"
+    assert record["software"]["SAMMed3DLib"] == __version__ and record["software"]["torch"] == torch.__version__
+    assert (output / LATEST).stat().st_mode & 0o777 == 0o644  # the umask's mode (022 here), not 0600
+
+    assert main([*common, "--resume", "--max-steps", "2"]) == 0  # nothing else given: the recorded settings
+    state = torch.load(output / LATEST, weights_only=True)
+    assert state["step"] == 2 and state["args"]["lr"] == 1e-3 and state["args"]["accumulation_steps"] == 2
+    from SAMMed3DLib.train.config import default_workers
+
+    assert state["args"]["num_workers"] == default_workers() == max(0, min(4, cpus - 1))
+    assert state["provenance"]["base_checkpoint"]["sha256"] == sha256_of(base)
+    capsys.readouterr()
+
+    assert main([*common, "--resume", "--lr", "5e-4", "--max-steps", "3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "other settings (lr 0.001 there, 0.0005 now)" in err, err
+    assert torch.load(output / LATEST, weights_only=True)["step"] == 2
+    other = save_random_checkpoint(tmp_path / "other.pth", variant="tiny", seed=5)
+    assert main([*common, "--resume", "--checkpoint", str(other), "--max-steps", "3"]) == 2
+    assert "checkpoint" in capsys.readouterr().err
+    assert main([*common, "--resume", "--checkpoint", str(base), "--max-steps", "3"]) == 0  # the same base

@@ -65,7 +65,13 @@ CASES = [
      "pip install 'SAMMed3DLib[onnx]'", "Click 'Install dependencies'"),
     (errors.DeviceUnavailable("cuda", "CPU-only torch"), "--device cpu", "device 'auto' or 'cpu'"),
     (errors.NotAnExport(Path("/m"), "no such folder"), "sammed3d export-onnx", "encoder.onnx and decoder.onnx"),
-    (errors.OtherRun(Path("/r"), ["seed"]), "use another --output folder", "/r holds results"),
+    (errors.OtherRun(Path("/r"), {"seed": (0, 1)}), "use another --output folder", "/r holds results"),
+    (errors.NameTaken("liver", Path("/c/liver.pth"), "a" * 64, "b" * 64), "add --replace", "Download it again"),
+    (errors.NotCached("liver", Path("/c"), ["turbo"]), "`sammed3d weights list`", "holds no checkpoint 'liver'"),
+    (errors.CacheNotWritable(Path("/ro/weights"), "Read-only file system", Path("/ro")),
+     "set SAMMED3D_HOME to a writable folder", "SAMMED3D_HOME set to a writable folder"),
+    (errors.OutputIsInput(Path("ct.nrrd"), Path("ct.nrrd"), "image"), "choose another --output", "input image"),
+    (errors.CaseFailed("liver_3", errors.DeviceUnavailable("cuda", "no GPU")), "; use --device cpu", "case liver_3"),
 ]
 
 

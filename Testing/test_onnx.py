@@ -47,11 +47,11 @@ def exported(tmp_path_factory: pytest.TempPathFactory):
     folder = tmp_path_factory.mktemp("onnx")
     checkpoint = save_random_checkpoint(folder / "random_vit_b.pth", "vit_b_ori", seed=7)
     output = folder / "export"
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
+    printed, progress = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(progress):
         assert main(["export-onnx", "--checkpoint", str(checkpoint), "--output", str(output)]) == 0
     result = {"output": output, "sha256": sha256_of(checkpoint), "model": load_sam_med3d(checkpoint),
-              "printed": printed.getvalue().splitlines()}
+              "printed": printed.getvalue().splitlines(), "progress": progress.getvalue()}
     checkpoint.unlink()  # 400 MB
     return result
 
@@ -66,7 +66,10 @@ def test_export_command_writes_checked_files_with_metadata(exported) -> None:
     (line,) = exported["printed"]
     assert line.startswith(f"wrote {output / ENCODER_FILE} and {output / DECODER_FILE}")
     assert "largest difference from torch: embedding" in line
+    for stage in ("loading the checkpoint", "tracing the encoder", "tracing the decoder", "checking against torch"):
+        assert stage in exported["progress"]  # the export's progress bar, stage by stage
     for name in (ENCODER_FILE, DECODER_FILE):
+        assert (output / name).stat().st_mode & 0o777 == 0o644  # the umask's mode (022 here)
         model = onnx.load(str(output / name), load_external_data=False)
         assert max(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")) >= 17
         properties = {entry.key: entry.value for entry in model.metadata_props}

@@ -291,13 +291,18 @@ def test_an_object_longer_than_the_patch_is_covered_by_added_rois():
     bar = (np.abs(ras[..., 0]) <= 18) & (np.abs(ras[..., 1]) <= 14) & (np.abs(ras[..., 2]) <= 160)
     volume = Volume(np.where(bar, 600, 100).astype(np.int16), geometry.ijk_to_ras)
     predictor = Recording(ThresholdPredictor())
-    session = InteractiveSession(predictor, volume)
+    stages = []
+    session = InteractiveSession(predictor, volume, on_stage=lambda stage, roi: stages.append((stage, roi)))
     prediction = session.add_click([5.0, 3.0, 10.0])
-    assert prediction.rois == 3 and len(predictor.encoded) == 3
+    assert prediction.rois == 3 and len(predictor.encoded) == 3 and not prediction.capped
+    assert stages[:4] == [("preprocess", 1), ("encode", 1), ("decode", 1), ("paste", 1)]
+    assert [roi for stage, roi in stages if stage == "encode"] == [1, 2, 3]
     centres = sorted(frame.center_ras[2] for frame in session.frames)
     np.testing.assert_allclose(centres, [10.0 - 96.0, 10.0, 10.0 + 96.0], atol=1e-6)
     assert dice(prediction.mask.astype(bool), bar) >= 0.95
-    assert InteractiveSession(ThresholdPredictor(), volume, max_rois=1).add_click([5.0, 3.0, 10.0]).rois == 1
+    capped = InteractiveSession(ThresholdPredictor(), volume, max_rois=1).add_click([5.0, 3.0, 10.0])
+    assert capped.rois == 1 and capped.capped  # the bar leaves the one ROI: it is cut off, and says so
+    assert dice(capped.mask.astype(bool), bar) < 0.8
 
 
 def test_an_initial_mask_seeds_the_prompt_and_stays_outside_the_rois():

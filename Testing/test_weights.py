@@ -249,3 +249,85 @@ def test_a_mirror_of_a_published_checkpoint_is_checked_against_the_published_has
         weights.download(server.url, sha256="1" * 64)
     assert weights.download(server.url).read_bytes() == PAYLOAD  # no --sha256 needed
     assert weights.resolve("turbo") == home / "weights" / "model.pth"
+
+
+def test_a_cached_file_of_a_url_without_published_hash_is_hashed_and_reported(server, home, capsys):
+    """`weights download URL` finds a file of the same name in the cache: not returned as if verified."""
+    (home / "weights").mkdir(parents=True)
+    unrelated = b"an unrelated checkpoint of the same name"
+    (home / "weights" / "model.pth").write_bytes(unrelated)
+    unrelated_sha = hashlib.sha256(unrelated).hexdigest()
+    assert main(["weights", "download", server.url]) == 2
+    err = capsys.readouterr().err
+    assert f"the cached file {home / 'weights' / 'model.pth'} has SHA256 {unrelated_sha}" in err
+    assert f"run again with --sha256 {unrelated_sha}" in err and server.requests == []
+    assert weights.download(server.url, sha256=unrelated_sha).read_bytes() == unrelated  # trusted: no transfer
+    assert server.requests == []
+
+
+def test_import_never_replaces_a_different_file_under_a_taken_name(tmp_path, home, capsys):
+    pytest.importorskip("torch")
+    from SAMMed3DLib.testing.random_weights import save_random_checkpoint
+
+    first = save_random_checkpoint(tmp_path / "first.pth", seed=1)
+    second = save_random_checkpoint(tmp_path / "second.pth", seed=2)
+    assert main(["weights", "import", str(first), "--name", "liver"]) == 0
+    assert "import" in capsys.readouterr().err  # the progress bar of hashing and copying
+    stored = home / "weights" / "liver.pth"
+    assert (stored.stat().st_mode & 0o777) == 0o644  # the umask's mode (022 here), not mkstemp's 0600
+    assert main(["weights", "import", str(second), "--name", "liver"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "already holds a different liver.pth" in err and "--replace" in err
+    assert stored.read_bytes() == first.read_bytes()
+    assert main(["weights", "import", str(first), "--name", "liver"]) == 0  # the same file again: nothing to do
+    assert main(["weights", "import", str(second), "--name", "liver", "--replace"]) == 0
+    assert stored.read_bytes() == second.read_bytes()
+    assert cache_files(home) == ["liver.pth"]
+
+
+def test_verify_and_remove_a_cached_name(tmp_path, home, monkeypatch, capsys):
+    entry = weights.Checkpoint("turbo", "sam_med3d_turbo.pth", None, "page", None, PAYLOAD_SHA, "")
+    monkeypatch.setattr(weights, "REGISTRY", (entry,))
+    (home / "weights").mkdir(parents=True)
+    (home / "weights" / "sam_med3d_turbo.pth").write_bytes(PAYLOAD)
+    assert main(["weights", "verify", "turbo"]) == 0
+    assert capsys.readouterr().out.startswith(f"{PAYLOAD_SHA}  {home / 'weights' / 'sam_med3d_turbo.pth'}  "
+                                              "(matches the published 'turbo' checkpoint)")
+    (home / "weights" / "sam_med3d_turbo.pth").write_bytes(PAYLOAD[:-1])  # damaged in the cache
+    assert main(["weights", "verify", "turbo"]) == 2
+    assert "SHA256 mismatch" in capsys.readouterr().err
+    (home / "weights" / "sam_med3d_turbo.pth.part").write_bytes(b"half")
+    assert main(["weights", "remove", "turbo"]) == 0
+    assert capsys.readouterr().out.count("removed ") == 2 and cache_files(home) == []
+    assert main(["weights", "remove", "turbo"]) == 2
+    assert "holds no checkpoint 'turbo'" in capsys.readouterr().err
+
+
+def test_a_read_only_home_is_named_before_any_transfer(server, monkeypatch, read_only_folder, capsys):
+    monkeypatch.setenv("SAMMED3D_HOME", str(read_only_folder))
+    assert main(["weights", "download", server.url, "--sha256", PAYLOAD_SHA]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"SAMMED3D_HOME is {read_only_folder}, and its weights cache {read_only_folder / 'weights'} cannot be " \
+           "written" in err and "set SAMMED3D_HOME to a writable folder" in err
+    assert server.requests == []
+
+
+def test_an_old_format_checkpoint_brings_no_note_from_torch(tmp_path, home, capsys):
+    """torch's legacy (non-zip) format with pickle protocol 4: torch's safe loader cannot read it and notes the
+    protocol to its developers on stderr; we say what the file is, once."""
+    torch = pytest.importorskip("torch")
+    import warnings
+
+    from SAMMed3DLib.testing.random_weights import random_model
+
+    path = tmp_path / "old_format.pth"
+    torch.save({"model_state_dict": random_model("tiny").state_dict()}, path, _use_new_zipfile_serialization=False,
+               pickle_protocol=4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["weights", "import", str(path), "--name", "old"]) == 2
+    assert [str(w.message) for w in caught] == []
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "in torch's old (non-zip) format with a newer pickle protocol" in err and "torch.save" in err
+    assert cache_files(home) == []

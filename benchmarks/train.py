@@ -63,7 +63,7 @@ def main() -> None:
         config = TrainConfig(
             data=str(folder / "data"), output=str(folder / "run"), variant=args.variant, max_steps=steps,
             batch_size=args.batch_size, accumulation_steps=1, device=device.type, num_workers=args.num_workers,
-            validation_fraction=0.0, progress=False, lr=8e-5,
+            validation_fraction=0.0, lr=8e-5,
         )
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)

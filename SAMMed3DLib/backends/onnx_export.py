@@ -11,11 +11,9 @@ carry the source checkpoint's sha256 and the package version as metadata.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
-from typing import Dict, Optional, Tuple, Union
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -35,6 +33,7 @@ from SAMMed3DLib.backends.onnx_predictor import (
     OnnxPredictor,
 )
 from SAMMed3DLib.errors import MissingPackages, SAMMed3DError
+from SAMMed3DLib.files import temporary_folder
 from SAMMed3DLib.model import SamMed3D, load_sam_med3d
 
 OPSET = 18
@@ -63,42 +62,55 @@ class _Decoder(nn.Module):
         return self.model.decode(embedding, points, labels, mask_logits, multimask=False)
 
 
-def export_checkpoint(checkpoint: Union[str, Path], output: Union[str, Path]) -> Dict[str, float]:
+# The parts of an export, in order, as `on_stage` reports them.
+STAGES = ("load", "encoder", "decoder", "check")
+
+
+def export_checkpoint(
+    checkpoint: Union[str, Path], output: Union[str, Path], on_stage: Optional[Callable[[str], None]] = None
+) -> Dict[str, float]:
     """Export a checkpoint file into the folder `output` (created if needed); returns the check's largest
-    differences (see `check_export`)."""
+    differences (see `check_export`). `on_stage(name)` as each of `STAGES` starts."""
     from SAMMed3DLib.weights import sha256_of
 
     checkpoint = Path(checkpoint)
     _require_onnx_packages()  # before the slow part
     _output_folder(output)
+    if on_stage is not None:
+        on_stage("load")
     model = load_sam_med3d(checkpoint)
     metadata = {CHECKPOINT_SHA256_KEY: sha256_of(checkpoint), CHECKPOINT_NAME_KEY: checkpoint.name}
-    return export_model(model, output, metadata)
+    return export_model(model, output, metadata, on_stage)
 
 
 def export_model(
-    model: SamMed3D, output: Union[str, Path], metadata: Optional[Dict[str, str]] = None
+    model: SamMed3D,
+    output: Union[str, Path],
+    metadata: Optional[Dict[str, str]] = None,
+    on_stage: Optional[Callable[[str], None]] = None,
 ) -> Dict[str, float]:
     """Write `encoder.onnx` and `decoder.onnx` of `model` (moved to CPU float32) into `output`.
 
     The files are written and checked in a temporary folder inside `output` and only then renamed into place, so a
-    failed export leaves an earlier one untouched. `metadata` adds to the package version in both files.
+    failed export leaves an earlier one untouched. `metadata` adds to the package version in both files;
+    `on_stage(name)` as each of the last three `STAGES` starts.
     """
     _require_onnx_packages()
     output = _output_folder(output)
     model = model.to("cpu", torch.float32).eval()
     properties = {VERSION_KEY: __version__, **(metadata or {})}
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=output))
-    try:
+    stage = on_stage or (lambda name: None)
+    with temporary_folder(output / ENCODER_FILE) as staging:
+        stage("encoder")
         _export_encoder(model, staging / ENCODER_FILE)
+        stage("decoder")
         _export_decoder(model, staging / DECODER_FILE)
         for name in (ENCODER_FILE, DECODER_FILE):
             _add_metadata(staging / name, properties)
+        stage("check")
         differences = check_export(model, staging)
         for name in (ENCODER_FILE, DECODER_FILE):
             (staging / name).replace(output / name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return differences
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Optional
 
 from SAMMed3DLib.backends.predictor import BACKENDS, DEVICES, Predictor, load_predictor
@@ -26,12 +27,18 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_predictor(args: argparse.Namespace) -> Predictor:
-    """The predictor the options ask for; a user error (missing file, not a checkpoint) raises SAMMed3DError."""
+def resolve_model(args: argparse.Namespace) -> Path:
+    """The checkpoint file `--checkpoint` names (downloaded if it is a published name not cached yet), or with
+    `--backend onnx` the export folder."""
     from SAMMed3DLib import weights
 
-    model = args.checkpoint if args.backend == "onnx" else weights.resolve(args.checkpoint, download_progress())
-    return load_predictor(args.backend, model, args.device)
+    return Path(args.checkpoint if args.backend == "onnx" else weights.resolve(args.checkpoint, download_progress()))
+
+
+def build_predictor(args: argparse.Namespace, model: Optional[Path] = None) -> Predictor:
+    """The predictor the options ask for (on `model`, default `resolve_model`); a user error (missing file, not a
+    checkpoint) raises SAMMed3DError."""
+    return load_predictor(args.backend, model or resolve_model(args), args.device)
 
 
 def download_progress(description: str = "download") -> Progress:

@@ -14,6 +14,7 @@ examples:
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 HELP = "export a checkpoint to ONNX (encoder.onnx, decoder.onnx) for ONNX Runtime"
@@ -27,17 +28,29 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     from SAMMed3DLib import weights
     from SAMMed3DLib.errors import MissingPackages, SAMMed3DError
+    from SAMMed3DLib.files import check_writable
 
     MissingPackages.require("exporting to ONNX", "torch,onnx", "torch", "safetensors", "onnx", "onnxruntime")
     if args.output.exists() and not args.output.is_dir():
         raise SAMMed3DError(f"--output {args.output} is a file; give a folder")
-    from SAMMed3DLib.backends.onnx_export import export_checkpoint
+    check_writable(args.output, folder=True)
+    from SAMMed3DLib.backends.onnx_export import STAGES, export_checkpoint
     from SAMMed3DLib.commands._common import download_progress
 
     checkpoint = weights.resolve(args.checkpoint, download_progress())
-    differences = export_checkpoint(checkpoint, args.output)
+    with tqdm(total=len(STAGES), unit="stage", desc="export-onnx", file=sys.stderr, leave=False) as bar:
+
+        def on_stage(name: str) -> None:
+            bar.update(STAGES.index(name) - bar.n)
+            bar.set_postfix_str({"load": "loading the checkpoint", "encoder": "tracing the encoder",
+                                 "decoder": "tracing the decoder", "check": "checking against torch"}[name])
+
+        differences = export_checkpoint(checkpoint, args.output, on_stage)
+        bar.update(len(STAGES) - bar.n)
     checked = ", ".join(f"{name} {value:.2g}" for name, value in differences.items())
     print(f"wrote {args.output / 'encoder.onnx'} and {args.output / 'decoder.onnx'} "
           f"(largest difference from torch: {checked})")

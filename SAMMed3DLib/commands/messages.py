@@ -6,6 +6,11 @@ from __future__ import annotations
 from SAMMed3DLib import errors
 
 
+def plural(count: int, noun: str, nouns: str = "") -> str:
+    """"1 click", "3 clicks"; `nouns` where adding an s is wrong ("regions of interest")."""
+    return f"{count} {noun if count == 1 else nouns or noun + 's'}"
+
+
 def terminal_message(error: BaseException) -> str:
     """One line: what is wrong, and what to type."""
     facts = str(error).rstrip(".")
@@ -17,10 +22,17 @@ def terminal_message(error: BaseException) -> str:
     if isinstance(error, errors.DownloadInterrupted):
         return f"{facts}; run the same command again to resume"
     if isinstance(error, errors.ChecksumUnknown):
-        return (f"{facts}. If you trust it, run again with --sha256 {error.actual} (the file is kept, so it is not "
-                "downloaded again)")
+        kept = "" if error.cached else " (the file is kept, so it is not downloaded again)"
+        return f"{facts}. If you trust it, run again with --sha256 {error.actual}{kept}"
+    if isinstance(error, errors.NameTaken):
+        return f"{facts}; add --replace to replace it, or import the file under another --name"
     if isinstance(error, errors.CacheConflict):
-        return f"{facts}; remove {error.path}, or import the other file under another --name"
+        return (f"{facts}; remove it with `sammed3d weights remove {error.path.name}` and download again, or import "
+                "the other file under another --name")
+    if isinstance(error, errors.NotCached):
+        return f"{facts}; `sammed3d weights list` shows the cache"
+    if isinstance(error, errors.CacheNotWritable):
+        return f"{facts}; set SAMMED3D_HOME to a writable folder (or give --checkpoint a checkpoint file)"
     if isinstance(error, errors.CheckpointNotFound):
         return f"--checkpoint {facts}; add a file under a name with `sammed3d weights import FILE --name NAME`"
     if isinstance(error, errors.MissingPackages):
@@ -30,7 +42,11 @@ def terminal_message(error: BaseException) -> str:
     if isinstance(error, errors.NotAnExport):
         return f"{facts}; write one with `sammed3d export-onnx --checkpoint PATH_OR_NAME --output DIR`"
     if isinstance(error, errors.OtherRun):
-        return f"--output {facts}; use another --output folder or delete this one"
+        return f"--output {facts}; run with the recorded settings to continue it, or use another --output folder"
+    if isinstance(error, errors.OutputIsInput):
+        return f"--output: {facts}; nothing was written: choose another --output"
+    if isinstance(error, errors.CaseFailed):
+        return f"case {error.case}: {terminal_message(error.cause)}"
     if isinstance(error, errors.InvalidChecksum):
         return f"--sha256 {facts}"
     return facts

@@ -3,7 +3,9 @@
 Points are RAS millimetres (as 3D Slicer shows them), or voxel indices I J K with --ijk. They are applied as clicks
 in the order given, --point ones including and --negative ones excluding, exactly as in the interactive session.
 The output is a 0/1 label image on the input's grid (same size, spacing, origin and direction): NIfTI (.nii,
-.nii.gz), NRRD (.nrrd), or .seg.nrrd, which 3D Slicer opens as a segmentation.
+.nii.gz), NRRD (.nrrd), or .seg.nrrd, which 3D Slicer opens as a segmentation. An output that is the input, that
+cannot be written, or a click outside the volume is refused before the model loads. The summary says how many
+regions of interest (128^3 patches at 1.5 mm) were encoded and whether --max-rois cut the object off.
 
 examples:
   sammed3d predict ct.nii.gz --checkpoint turbo --point -52.3 10.1 -120.5 --output liver.nii.gz
@@ -23,7 +25,8 @@ from typing import Any
 
 from SAMMed3DLib.commands import _common
 from SAMMed3DLib.commands._common import add_model_arguments
-from SAMMed3DLib.files import atomic_path
+from SAMMed3DLib.commands.messages import plural
+from SAMMed3DLib.interactive.session import MAX_ROIS
 
 HELP = "segment a structure in a volume from clicks (points in RAS mm or voxel indices)"
 OUTPUT_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd")
@@ -47,6 +50,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ijk", action="store_true", help="points are voxel indices I J K (from 0), not RAS mm")
     parser.add_argument("--output", required=True, metavar="MASK", type=Path,
                         help=f"the label image to write ({', '.join(OUTPUT_SUFFIXES)})")
+    parser.add_argument("--max-rois", type=int, default=MAX_ROIS, metavar="N",
+                        help=f"regions of interest (192 mm cubes) to open at most for a large object (default "
+                             f"{MAX_ROIS})")
     add_model_arguments(parser)
 
 
@@ -104,6 +110,8 @@ def write_mask(path: Path, mask: Any, grid: tuple) -> None:
     import numpy as np
     import SimpleITK as sitk
 
+    from SAMMed3DLib.interactive.image_files import write_image
+
     suffix = _suffix(path)
     image = sitk.GetImageFromArray(np.ascontiguousarray(mask, dtype=np.uint8))
     spacing, origin, direction = grid
@@ -113,30 +121,19 @@ def write_mask(path: Path, mask: Any, grid: tuple) -> None:
     if suffix == ".seg.nrrd":
         for key, value in _segmentation_fields(mask).items():
             image.SetMetaData(key, value)
-    with atomic_path(path, suffix) as temporary:  # SimpleITK picks the format from the suffix
-        sitk.WriteImage(image, str(temporary), useCompression=True)
+    write_image(image, path, suffix)
 
 
-def run(args: argparse.Namespace) -> int:
+STAGES = {"preprocess": "resampling", "encode": "encoding", "decode": "decoding", "paste": "pasting"}
+
+
+def _points(args: argparse.Namespace, volume: Any) -> list:
+    """The clicks as RAS points, each checked to lie inside the volume (before the model loads)."""
     import numpy as np
 
     from SAMMed3DLib.errors import SAMMed3DError
-    from SAMMed3DLib.interactive.geometry import Volume
-    from SAMMed3DLib.interactive.session import InteractiveSession
 
-    if not args.clicks:
-        raise SAMMed3DError("no clicks: give at least one --point X Y Z (RAS mm, or voxel indices with --ijk)")
-    _suffix(args.output)
-    started = time.perf_counter()
-    volume = Volume.read(args.image)
-    if min(volume.array.shape) < 2:
-        raise SAMMed3DError(
-            f"{args.image} is a 2D image (size {' x '.join(map(str, volume.shape_ijk))}); SAM-Med3D needs a 3D volume"
-        )
-    grid = _grid_of(args.image, volume)
-    predictor = _common.build_predictor(args)
-    session = InteractiveSession(predictor, volume, modality=args.modality)
-    prediction = None
+    points = []
     for number, (x, y, z, positive) in enumerate(args.clicks, start=1):
         point = np.array([x, y, z], dtype=np.float64)
         if args.ijk:
@@ -148,16 +145,63 @@ def run(args: argparse.Namespace) -> int:
                 )
             point = volume.ijk_to_ras_points(point)[0]
         try:
-            prediction = session.add_click(point, positive=positive)
+            volume.require_inside(point)
         except ValueError as error:
             raise SAMMed3DError(f"click {number}: {error}") from None
-    mask = prediction.mask
-    write_mask(args.output, mask, grid)
-    voxels = int(np.count_nonzero(mask))
+        points.append((point, positive))
+    return points
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+    from tqdm import tqdm
+
+    from SAMMed3DLib.errors import OutputIsInput, SAMMed3DError
+    from SAMMed3DLib.files import check_writable, same_file
+    from SAMMed3DLib.interactive.geometry import Volume
+    from SAMMed3DLib.interactive.session import InteractiveSession
+
+    if not args.clicks:
+        raise SAMMed3DError("no clicks: give at least one --point X Y Z (RAS mm, or voxel indices with --ijk)")
+    if args.max_rois < 1:
+        raise ValueError(f"--max-rois must be at least 1, got {args.max_rois}")
+    _suffix(args.output)
+    if same_file(args.output, args.image):
+        raise OutputIsInput(args.output, Path(args.image).resolve(), "image")
+    check_writable(args.output)
+    started = time.perf_counter()
+    volume = Volume.read(args.image)
+    if min(volume.array.shape) < 2:
+        raise SAMMed3DError(
+            f"{args.image} is a 2D image (size {' x '.join(map(str, volume.shape_ijk))}); SAM-Med3D needs a 3D volume"
+        )
+    grid = _grid_of(args.image, volume)
+    points = _points(args, volume)
+    loading = time.perf_counter()
+    predictor = _common.build_predictor(args)
+    session = InteractiveSession(predictor, volume, modality=args.modality, max_rois=args.max_rois)
+    clicking = time.perf_counter()
+    with tqdm(total=len(points), unit="click", desc="predict", file=sys.stderr, leave=False) as bar:
+        session.on_stage = lambda stage, roi: bar.set_postfix_str(f"click {bar.n + 1}: {STAGES[stage]} region {roi}")
+        for point, positive in points:
+            try:
+                prediction = session.add_click(point, positive=positive)
+            except ValueError as error:
+                raise SAMMed3DError(f"click {bar.n + 1}: {error}") from None
+            bar.update(1)
+    finished = time.perf_counter()
+    write_mask(args.output, prediction.mask, grid)
+    voxels = int(np.count_nonzero(prediction.mask))
     millilitres = voxels * float(np.prod(volume.spacing)) / 1000.0
-    print(
-        f"wrote {args.output}: {voxels} voxels ({millilitres:.1f} ml) from {len(args.clicks)} clicks "
-        f"in {time.perf_counter() - started:.1f} s",
-        file=sys.stdout,
-    )
+    print(f"wrote {args.output}: {voxels} voxels ({millilitres:.1f} ml) from {plural(len(points), 'click')} "
+          f"in {time.perf_counter() - started:.1f} s")
+    regions = plural(prediction.rois, "region of interest", "regions of interest")
+    if prediction.capped:
+        print(f"{regions} encoded: the cap was reached, so the object may be cut off at a region's face; raise it "
+              f"with --max-rois {2 * args.max_rois}")
+    else:
+        print(f"{regions} encoded (cap {args.max_rois}, not reached)")
+    how = "detected from the intensities" if args.modality == "auto" else "as given"
+    print(f"{session.modality.upper()} ({how}); {predictor.label}; model loaded in {clicking - loading:.1f} s, "
+          f"inference {finished - clicking:.1f} s")
     return 0

@@ -5,29 +5,34 @@ label and the session's current mask, in voxel indices of the original grid, pas
 user's clicks would arrive. The random generator of a (case, label) pair is seeded from the seed, the case name and
 the label value, so results do not depend on the order of cases or on resuming.
 
+Every label map is checked before any click (`check_cases`): whole numbers >= 0 and not the image itself, on the
+image's grid; a case without foreground is listed as empty, and an error inside a case names it (`CaseFailed`).
+
 Output folder: `cases/<case>.csv` (written when a case is finished; a re-run skips those cases), `metrics.csv` (all
 rows), `summary.json` (mean and std per click count, overall and per label) and `dice_vs_clicks.png`; `run.json`
-records the settings so that a re-run into the same folder cannot mix different runs.
+records the settings, the checkpoint's SHA256 and each run's software and device (`provenance`), so that a re-run
+into the same folder with other settings or another checkpoint is refused rather than mixing two models.
 """
 
 from __future__ import annotations
 
+import filecmp
 import json
 import time
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from SAMMed3DLib import datasets
-from SAMMed3DLib.datasets import IMAGE_SUFFIXES, Case, label_names
-from SAMMed3DLib.errors import MissingPackages, OtherRun, SAMMed3DError, UnknownChoice
+from SAMMed3DLib import datasets, provenance
+from SAMMed3DLib.datasets import IMAGE_SUFFIXES, Case, label_names, label_values
+from SAMMed3DLib.errors import CaseFailed, MissingPackages, NotALabelMap, OtherRun, SAMMed3DError, UnknownChoice
 from SAMMed3DLib.evaluation.clicks import PROTOCOLS, next_click
 from SAMMed3DLib.evaluation.metrics import dice, nsd
 from SAMMed3DLib.evaluation.report import plot, read_rows, summarise, write_rows
-from SAMMed3DLib.files import write_json
+from SAMMed3DLib.files import same_file, write_json
 
 NSD_TOLERANCE_MM = 1.0
 
@@ -45,7 +50,6 @@ class Settings:
     protocol: str = "random"
     seed: int = 0
     labels_only: Optional[List[int]] = None
-    checkpoint: str = ""
     modality: str = "auto"
 
 
@@ -55,6 +59,9 @@ def pair_cases(images: Path, labels: Path) -> List[Case]:
     for what, folder in (("image", images), ("label", labels)):
         if not Path(folder).is_dir():
             raise SAMMed3DError(f"the {what} folder {folder} does not exist")
+    if same_file(images, labels):
+        raise SAMMed3DError(f"the label folder {labels} is the image folder {images}: every image would be scored as "
+                            "its own label map")
     cases, unmatched = datasets.pair(Path(images), Path(labels))
     if not cases and not unmatched:
         raise SAMMed3DError(f"the label folder {labels} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
@@ -71,28 +78,61 @@ def _rng(seed: int, case: str, label: int) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(case.encode("utf-8")), label])
 
 
+def read_label(case: Case) -> Tuple[Any, List[int]]:
+    """The case's label map (a Volume) and its non-zero values, checked: a label map (`label_values`), not the
+    image file itself, on the image's grid (read from the image's header)."""
+    from SAMMed3DLib.interactive.geometry import Volume, file_grid
+
+    if same_file(case.image, case.label) or filecmp.cmp(case.image, case.label, shallow=False):
+        raise NotALabelMap(case.label, f"it is identical to the image {case.image}")
+    label = Volume.read(case.label)
+    values = label_values(case.label, label.array)
+    shape, ijk_to_ras = file_grid(case.image)
+    if label.array.shape != shape or not np.allclose(label.ijk_to_ras, ijk_to_ras, atol=1e-3):
+        raise SAMMed3DError(
+            f"the label {case.label.name} does not lie on the image's grid (shape {label.array.shape} vs {shape}, "
+            "or different origin/spacing/direction)"
+        )
+    return label, values
+
+
+def check_cases(
+    cases: List[Case], settings: Settings, on_case: Optional[Callable[[Case, int, int], None]] = None
+) -> Dict[str, List[int]]:
+    """The label values to evaluate in each case (`labels_only` applied; empty for a case without foreground),
+    every label map read and checked (`read_label`) before any model work; an error names its case.
+    `on_case(case, done, cases)` before each (progress)."""
+    values = {}
+    for done, case in enumerate(cases):
+        if on_case is not None:
+            on_case(case, done, len(cases))
+        try:
+            found = read_label(case)[1]
+        except (SAMMed3DError, ValueError, OSError) as error:
+            raise CaseFailed(case.name, error) from error
+        values[case.name] = _wanted(found, settings)
+    return values
+
+
+def _wanted(values: List[int], settings: Settings) -> List[int]:
+    return [v for v in values if settings.labels_only is None or v in settings.labels_only]
+
+
 def evaluate_case(
     predictor: Any,
     case: Case,
     settings: Settings,
     names: Dict[int, str],
+    on_click: Optional[Callable[[], None]] = None,
 ) -> List[Dict[str, Any]]:
-    """Rows (one per label value x click) of one case."""
+    """Rows (one per label value x click) of one case; `on_click()` after each click (progress)."""
     from SAMMed3DLib.interactive.geometry import Volume
     from SAMMed3DLib.interactive.session import InteractiveSession
 
-    volume, label_volume = Volume.read(case.image), Volume.read(case.label)
-    if label_volume.array.shape != volume.array.shape or not np.allclose(
-        label_volume.ijk_to_ras, volume.ijk_to_ras, atol=1e-3
-    ):
-        raise SAMMed3DError(
-            f"case {case.name}: the label {case.label.name} does not lie on the image's grid (shape "
-            f"{label_volume.array.shape} vs {volume.array.shape}, or different origin/spacing/direction)"
-        )
+    label_volume, values = read_label(case)
+    volume = Volume.read(case.image)
     labels = label_volume.array
-    values = sorted(int(v) for v in np.unique(labels) if v != 0)
-    if settings.labels_only is not None:
-        values = [v for v in values if v in settings.labels_only]
+    values = _wanted(values, settings)
     spacing_kji = tuple(float(s) for s in volume.spacing[::-1])
     modality = settings.modality if settings.modality != "auto" else case.modality
     rows: List[Dict[str, Any]] = []
@@ -113,19 +153,28 @@ def evaluate_case(
                 "dice": dice(mask, truth), "nsd": nsd(mask, truth, spacing_kji, NSD_TOLERANCE_MM),
                 "positive": int(click.positive), "i": i, "j": j, "k": k, "seconds": round(seconds, 4),
             })
+            if on_click is not None:
+                on_click()
     return rows
 
 
-def _check_run(output: Path, settings: Settings) -> None:
+def _check_run(output: Path, settings: Settings, checkpoint: Dict[str, Any]) -> Dict[str, Any]:
+    """The run record of `output` (run.json) with this run's settings and checkpoint; `OtherRun` if the folder holds
+    results of other settings or of a checkpoint with another SHA256."""
     record = output / "run.json"
-    current = asdict(settings)
-    if record.is_file():
-        previous = json.loads(record.read_text(encoding="utf-8"))
-        if previous != current:
-            changed = sorted(k for k in current if previous.get(k) != current[k])
-            raise OtherRun(output, changed)
-    else:
-        write_json(record, current)
+    current = {"settings": asdict(settings), "checkpoint": checkpoint, "runs": []}
+    if not record.is_file():
+        return current
+    previous = json.loads(record.read_text(encoding="utf-8"))
+    if "settings" not in previous:  # written before checkpoints were recorded by hash
+        previous = {"settings": previous, "checkpoint": {"sha256": None}, "runs": []}
+    was, now = previous["settings"], current["settings"]
+    changed = {key: (was.get(key), now[key]) for key in now if was.get(key) != now[key]}
+    if previous["checkpoint"].get("sha256") != checkpoint.get("sha256"):
+        changed["checkpoint SHA256"] = (previous["checkpoint"].get("sha256"), checkpoint.get("sha256"))
+    if changed:
+        raise OtherRun(output, changed)
+    return previous
 
 
 def evaluate(
@@ -135,9 +184,14 @@ def evaluate(
     output: Path,
     settings: Settings,
     on_case: Optional[Callable[[Case, int, int], None]] = None,
+    checkpoint: Optional[Dict[str, Any]] = None,
+    on_click: Optional[Callable[[Case, int, int], None]] = None,
+    checked: Optional[Dict[str, List[int]]] = None,
 ) -> Dict[str, Any]:
     """Evaluate every case not yet finished in `output`, then (re)write metrics.csv, summary.json and the plot.
-    Returns the summary. `on_case(case, done, to_do)` is called before each case that is evaluated (progress)."""
+    Returns the summary. `checkpoint` is the model's record (`provenance.checkpoint`); `on_case(case, done, to_do)`
+    is called before each case that is evaluated, `on_click(case, clicks done, clicks to do)` after each click
+    (progress). `checked`: `check_cases` of the cases to do, when the caller ran it before loading the model."""
     require_packages()
     if settings.protocol not in PROTOCOLS:
         raise UnknownChoice("click protocol", settings.protocol, PROTOCOLS)
@@ -146,21 +200,45 @@ def evaluate(
     cases = pair_cases(images, labels)
     names = label_names(labels, images)
     output = Path(output)
-    _check_run(output, settings)
+    run = _check_run(output, settings, checkpoint or provenance.checkpoint(None))
     case_dir = output / "cases"
-    todo = [case for case in cases if not (case_dir / f"{case.name}.csv").is_file()]
+    todo = cases_to_do(cases, output)
+    values = checked if checked is not None else check_cases(todo, settings)
+    run["runs"].append(provenance.run(getattr(predictor, "label", type(predictor).__name__),
+                                      getattr(predictor, "device", "")))
+    write_json(output / "run.json", run)
 
+    clicks, done_clicks = sum(len(values[case.name]) for case in todo) * settings.click_count, 0
     for done, case in enumerate(todo):
         if on_case is not None:
             on_case(case, done, len(todo))
-        write_rows(case_dir / f"{case.name}.csv", evaluate_case(predictor, case, settings, names))
 
-    rows = [row for case in cases for row in read_rows(case_dir / f"{case.name}.csv")]
+        def clicked(case: Case = case) -> None:
+            nonlocal done_clicks
+            done_clicks += 1
+            if on_click is not None:
+                on_click(case, done_clicks, clicks)
+
+        try:
+            rows = evaluate_case(predictor, case, settings, names, on_click=clicked)
+        except (SAMMed3DError, ValueError, OSError) as error:
+            raise CaseFailed(case.name, error) from error
+        write_rows(case_dir / f"{case.name}.csv", rows)
+
+    by_case = {case.name: read_rows(case_dir / f"{case.name}.csv") for case in cases}
+    rows = [row for case_rows in by_case.values() for row in case_rows]
+    empty = [name for name, case_rows in by_case.items() if not case_rows]
     if not rows:
         wanted = "" if settings.labels_only is None else f" among the label values {settings.labels_only}"
         raise SAMMed3DError(f"no case has a foreground label value{wanted}; nothing to score")
     write_rows(output / "metrics.csv", rows)
-    summary = {"settings": asdict(settings), **summarise(rows, settings.click_count)}
+    summary = {"settings": run["settings"], "checkpoint": run["checkpoint"], "runs": run["runs"],
+               "empty_cases": empty, **summarise(rows, settings.click_count)}
     write_json(output / "summary.json", summary)
     plot(summary, settings.click_count, output / "dice_vs_clicks.png")
     return summary
+
+
+def cases_to_do(cases: List[Case], output: Path) -> List[Case]:
+    """The cases without results in `output` yet (an interrupted run continues with them)."""
+    return [case for case in cases if not (Path(output) / "cases" / f"{case.name}.csv").is_file()]

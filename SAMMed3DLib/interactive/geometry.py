@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional, Tuple
 
 import numpy as np
 
-from SAMMed3DLib.errors import SAMMed3DError
+from SAMMed3DLib.errors import SAMMed3DError, UnreadableImage
 
 PATCH_SIZE = 128
 PATCH_SPACING_MM = 1.5
@@ -88,6 +89,17 @@ class Volume:
         ijk = self.ras_to_ijk_points(ras)[0]
         return bool(np.all(ijk >= -0.5) and np.all(ijk <= np.asarray(self.shape_ijk) - 0.5))
 
+    def require_inside(self, ras: np.ndarray) -> None:
+        """ValueError, stating the volume's extent, unless the RAS point lies inside the volume (`contains`)."""
+        if not self.contains(ras):
+            point = np.asarray(ras, dtype=np.float64).reshape(3)
+            low, high = self.extent_ras()
+            raise ValueError(
+                f"the click at RAS ({point[0]:.1f}, {point[1]:.1f}, {point[2]:.1f}) mm lies outside the volume, "
+                f"which spans R {low[0]:.1f}..{high[0]:.1f}, A {low[1]:.1f}..{high[1]:.1f}, "
+                f"S {low[2]:.1f}..{high[2]:.1f} mm"
+            )
+
     def corners_ras(self) -> np.ndarray:
         """(8,3) RAS points of the volume's outer corners (the outer faces of its voxels)."""
         corners = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], dtype=np.float64)
@@ -109,10 +121,7 @@ class Volume:
             raise SAMMed3DError(
                 f"expected one value per voxel, got {image.GetNumberOfComponentsPerPixel()} (a vector or RGB image)"
             )
-        ijk_to_lps = np.eye(4)
-        ijk_to_lps[:3, :3] = np.reshape(image.GetDirection(), (3, 3)) * np.asarray(image.GetSpacing())
-        ijk_to_lps[:3, 3] = image.GetOrigin()
-        return cls(sitk.GetArrayFromImage(image), LPS_TO_RAS @ ijk_to_lps)
+        return cls(sitk.GetArrayFromImage(image), _ijk_to_ras(image))
 
     def to_sitk(self):
         """The volume as a SimpleITK image (LPS geometry, same voxels)."""
@@ -127,8 +136,11 @@ class Volume:
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> Volume:
-        """Read a NIfTI, NRRD or MHA file, or a folder holding one DICOM series, through SimpleITK."""
+        """Read a NIfTI, NRRD or MHA file, or a folder holding one DICOM series, through SimpleITK. A truncated or
+        corrupt file, or one SimpleITK cannot read, raises `UnreadableImage` naming it (`image_files`)."""
         import SimpleITK as sitk
+
+        from SAMMed3DLib.interactive.image_files import check_complete, itk_reason
 
         path = os.fspath(path)
         if not os.path.exists(path):
@@ -145,13 +157,39 @@ class Volume:
                 reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(path, series[0]))
                 image = reader.Execute()
             else:
+                check_complete(Path(path))
                 image = sitk.ReadImage(path)
         except RuntimeError as error:
-            raise SAMMed3DError(f"cannot read {path}: {str(error).strip().splitlines()[-1]}") from error
+            raise UnreadableImage(Path(path), itk_reason(error)) from error
+        except OSError as error:
+            raise UnreadableImage(Path(path), error.strerror or str(error)) from None
         try:
             return cls.from_sitk(image)
         except (SAMMed3DError, ValueError) as error:
             raise SAMMed3DError(f"{path}: {error}") from error
+
+
+def _ijk_to_ras(image) -> np.ndarray:
+    """The IJK->RAS matrix of a SimpleITK image, or of a reader that has read a file's header (both LPS)."""
+    ijk_to_lps = np.eye(4)
+    ijk_to_lps[:3, :3] = np.reshape(image.GetDirection(), (3, 3)) * np.asarray(image.GetSpacing())
+    ijk_to_lps[:3, 3] = image.GetOrigin()
+    return LPS_TO_RAS @ ijk_to_lps
+
+
+def file_grid(path: str | os.PathLike) -> Tuple[Tuple[int, ...], np.ndarray]:
+    """A volume file's array shape (K,J,I) and IJK->RAS matrix from its header alone, without reading voxels."""
+    import SimpleITK as sitk
+
+    from SAMMed3DLib.interactive.image_files import itk_reason
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(os.fspath(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as error:
+        raise UnreadableImage(Path(path), itk_reason(error)) from error
+    return tuple(int(n) for n in reader.GetSize()[::-1]), _ijk_to_ras(reader)
 
 
 def canonical_axes(directions: np.ndarray) -> Tuple[Tuple[int, int, int], Tuple[int, int, int]]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -44,6 +44,7 @@ CLICK_MARGIN = 8  # patch voxels (12 mm): a click closer than this to every ROI'
 MASK_LOGIT_SCALE = 8.0  # a mask as mask-prompt logits: full voxels -> +4, empty -> -4 (logit 0 = half full)
 UNDO_BYTES = 128 * 2**20  # overwritten mask voxels kept for undo, per session; the oldest steps go beyond this
 EMBEDDING_CACHE_BYTES = 256 * 2**20  # about 330 embeddings of 384x8x8x8 float32; least recently used dropped first
+MAX_ROIS = 8  # ROIs one session opens at most (8 x 192 mm cubes: a whole liver or lung)
 
 
 @dataclass(frozen=True)
@@ -62,12 +63,14 @@ class Prediction:
     (so it follows later clicks: keep a copy, and read `session.mask_in(region)` where a box is enough).
     `region`: K,J,I slices outside which this step changed nothing. `timings`: seconds spent in "preprocess",
     "encode", "decode", "paste" and "total". `rois`: how many ROIs the session holds.
+    `capped`: the ROI rule wanted another ROI than `max_rois` allow, so the object may be cut off at an ROI's face.
     """
 
     session: InteractiveSession = field(repr=False)
     region: Region
     timings: Dict[str, float] = field(default_factory=dict)
     rois: int = 0
+    capped: bool = False
 
     @property
     def mask(self) -> np.ndarray:
@@ -136,7 +139,9 @@ class InteractiveSession:
     initial value (0, or `initial_mask`).
 
     Any error leaves the session exactly as it was before the call. `embeddings` shares a cache with other sessions
-    on the same volume (see `EmbeddingCache`).
+    on the same volume (see `EmbeddingCache`). `on_stage(name, roi)` is called as each slow part of a click starts
+    ("preprocess", "encode", "decode", "paste": the keys of `Prediction.timings`; `roi` counts the ROIs from 1), for
+    progress.
     """
 
     def __init__(
@@ -145,8 +150,9 @@ class InteractiveSession:
         volume: Volume,
         modality: str = "auto",
         initial_mask: Optional[np.ndarray] = None,
-        max_rois: int = 8,
+        max_rois: int = MAX_ROIS,
         embeddings: Optional[EmbeddingCache] = None,
+        on_stage: Optional[Callable[[str, int], None]] = None,
     ):
         if max_rois < 1:
             raise ValueError(f"max_rois must be at least 1, got {max_rois}")
@@ -154,6 +160,7 @@ class InteractiveSession:
         self.volume = volume
         self.modality = chosen_modality(modality, volume)
         self.max_rois = max_rois
+        self.on_stage = on_stage
         if initial_mask is None:
             self._initial = BoxedArray(volume.array.shape)
         else:
@@ -204,7 +211,7 @@ class InteractiveSession:
             rois = list(self._rois)
             clicks = self._clicks + (click,)
             changed = self._handle_click(rois, clicks, click, step, timings)
-            self._expand(rois, clicks, changed, step, timings)
+            capped = self._expand(rois, clicks, changed, step, timings)
         except BaseException:
             self._restore(step)
             raise
@@ -213,7 +220,7 @@ class InteractiveSession:
         while len(self._history) > 1 and sum(old.nbytes for old in self._history) > UNDO_BYTES:
             self._history.pop(0)
         timings["total"] = time.perf_counter() - start
-        return Prediction(self, union(region for region, _ in step.overwritten), timings, len(self._rois))
+        return Prediction(self, union(region for region, _ in step.overwritten), timings, len(self._rois), capped)
 
     def undo(self) -> Optional[Prediction]:
         """Return to the state before the last click, exactly; None if there is nothing to undo. The history keeps
@@ -237,13 +244,7 @@ class InteractiveSession:
         point = np.asarray(ras_xyz, dtype=np.float64).reshape(-1)
         if point.shape != (3,) or not np.isfinite(point).all():
             raise ValueError(f"a click needs three finite RAS coordinates, got {ras_xyz!r}")
-        if not self.volume.contains(point):
-            low, high = self.volume.extent_ras()
-            raise ValueError(
-                f"the click at RAS ({point[0]:.1f}, {point[1]:.1f}, {point[2]:.1f}) mm lies outside the volume, "
-                f"which spans R {low[0]:.1f}..{high[0]:.1f}, A {low[1]:.1f}..{high[1]:.1f}, "
-                f"S {low[2]:.1f}..{high[2]:.1f} mm"
-            )
+        self.volume.require_inside(point)
         return Click(tuple(float(x) for x in point), positive)
 
     def _handle_click(self, rois: List[_Roi], clicks, click: Click, step: _Step, timings) -> List[int]:
@@ -258,22 +259,24 @@ class InteractiveSession:
         self._run_rounds(rois, len(rois) - 1, [*earlier, click], step, timings)
         return [len(rois) - 1]
 
-    def _expand(self, rois: List[_Roi], clicks, changed: List[int], step: _Step, timings) -> None:
+    def _expand(self, rois: List[_Roi], clicks, changed: List[int], step: _Step, timings) -> bool:
+        """Rule 3; returns whether it wanted another ROI than `max_rois` allow."""
         queue = list(changed)
-        while queue and len(rois) < self.max_rois:
+        while queue:
             roi = rois[queue.pop(0)]
             for frame in self._neighbours(roi, rois):
-                if len(rois) >= self.max_rois:
-                    break
                 prompt = self._mask_prompt(frame, timings)
                 seed = _interior_point(prompt[0, 0] > 0, frame.size)
                 if seed is None:
                     continue
+                if len(rois) >= self.max_rois:
+                    return True
                 rois.append(_Roi(frame, prompt))
                 seed_click = Click(tuple(float(x) for x in frame.to_ras(seed)[0]), True)
                 earlier = [c for c in clicks if _margin(frame, c.ras) >= 0]
                 self._run_rounds(rois, len(rois) - 1, [seed_click, *earlier], step, timings)
                 queue.append(len(rois) - 1)
+        return False
 
     def _neighbours(self, roi: _Roi, rois: List[_Roi]) -> List[PatchFrame]:
         """Frames half a patch across each face the object touches, that add volume voxels and are not taken."""
@@ -300,16 +303,18 @@ class InteractiveSession:
     def _run_rounds(self, rois: List[_Roi], index: int, clicks: List[Click], step: _Step, timings) -> None:
         """Decode one round per click in ROI `index` (newest click + previous logits), then paste the result."""
         roi = rois[index]
-        embedding = self._embedding(roi.frame, timings)
+        embedding = self._embedding(roi.frame, timings, index)
         logits = roi.logits
         for click in clicks:
             point = roi.frame.to_patch(click.ras).astype(np.float32).reshape(1, 1, 3)
             label = np.array([[1 if click.positive else 0]], dtype=np.int64)
+            self._stage("decode", index)
             started = time.perf_counter()
             logits, _ = self.predictor.decode(embedding, point, label, logits)
             timings["decode"] += time.perf_counter() - started
         logits = np.asarray(logits, dtype=np.float32).reshape(1, 1, LOGITS_SIZE, LOGITS_SIZE, LOGITS_SIZE)
         rois[index] = _Roi(roi.frame, logits)
+        self._stage("paste", index)
         started = time.perf_counter()
         region = frame_region(self.volume, roi.frame)
         before = self._mask.get(region)
@@ -318,14 +323,16 @@ class InteractiveSession:
         paste_mask(self.volume, roi.frame, logits[0, 0], self._mask)
         timings["paste"] += time.perf_counter() - started
 
-    def _embedding(self, frame: PatchFrame, timings) -> Any:
+    def _embedding(self, frame: PatchFrame, timings, index: int) -> Any:
         embedding = self._embeddings.get(frame)
         if embedding is not None:
             return embedding
+        self._stage("preprocess", index)
         started = time.perf_counter()
         image = prepare_patch(self.volume, frame, self.modality)[None, None]
         encode_started = time.perf_counter()
         timings["preprocess"] += encode_started - started
+        self._stage("encode", index)
         embedding = self.predictor.encode(image)
         timings["encode"] += time.perf_counter() - encode_started
         self._embeddings.put(frame, embedding)
@@ -347,6 +354,10 @@ class InteractiveSession:
                 prompt[0, 0] = (fraction - 0.5) * MASK_LOGIT_SCALE
         timings["preprocess"] += time.perf_counter() - started
         return prompt
+
+    def _stage(self, name: str, index: int) -> None:
+        if self.on_stage is not None:
+            self.on_stage(name, index + 1)
 
     def _restore(self, step: _Step) -> None:
         for region, values in reversed(step.overwritten):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import pickle
 import re
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Union
 
@@ -17,6 +19,16 @@ from SAMMed3DLib.model.sam_med3d import VARIANTS, SamMed3D, build_sam_med3d
 ALLOWED_GLOBALS = [argparse.Namespace]
 _POINT_EMBEDDING_KEY = re.compile(r"prompt_encoder\.point_embeddings\.(\d+)\.weight")
 _LISTED = 5
+_LEGACY_MAGIC = b"\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19"  # torch's old (non-zip) format: a pickled magic number first
+
+
+def safe_load(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu", mmap: bool = False) -> object:
+    """`torch.load(weights_only=True)` allowing `ALLOWED_GLOBALS`; `mmap` (read tensors only when used) where the file
+    is torch's zip format. torch's note that an old-format file uses another pickle protocol is for torch's
+    developers, so it is not passed on."""
+    with torch.serialization.safe_globals(ALLOWED_GLOBALS), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
 
 
 def read_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
@@ -35,9 +47,13 @@ def read_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
             raise SAMMed3DError(f"{path} is not a readable .safetensors checkpoint: {error}") from None
     else:
         try:
-            with torch.serialization.safe_globals(ALLOWED_GLOBALS):
-                content = torch.load(path, map_location="cpu", weights_only=True)
+            content = safe_load(path)
         except pickle.UnpicklingError as error:
+            if "Unsupported operand" in str(error) and _LEGACY_MAGIC in _head(path):
+                raise SAMMed3DError(
+                    f"{path} is in torch's old (non-zip) format with a newer pickle protocol, which the safe "
+                    "(weights-only) loader cannot read; save it again with torch.save's default format"
+                ) from None
             if "Weights only load failed" in str(error):
                 raise SAMMed3DError(
                     f"{path} holds Python objects other than weights; refusing to unpickle them (not a checkpoint "
@@ -97,6 +113,11 @@ def _check_matches(expected: Mapping[str, torch.Tensor], found: Mapping[str, tor
                 f"{path} does not fit SAM-Med3D: {key} has shape {tuple(found[key].shape)}, "
                 f"expected {tuple(tensor.shape)}"
             )
+
+
+def _head(path: Path) -> bytes:
+    with open(path, "rb") as stream:
+        return stream.read(32)
 
 
 def _listing(keys: list) -> str:

@@ -24,6 +24,9 @@ def user_message(error: BaseException) -> str:
                 f"'Local file' in {MODULE}.")
     if isinstance(error, (errors.ChecksumMismatch, errors.CacheConflict)):
         return f"{facts}. The file was not used. Download it again, or choose another file in {MODULE}."
+    if isinstance(error, errors.CacheNotWritable):
+        return (f"{facts}. Start Slicer with the environment variable SAMMED3D_HOME set to a writable folder, or "
+                f"choose 'Local file' in {MODULE}.")
     if isinstance(error, errors.CheckpointNotFound):
         return f"{facts}. Choose a model in {MODULE}."
     if isinstance(error, errors.MissingPackages):

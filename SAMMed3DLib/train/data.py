@@ -16,8 +16,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Sequence, Tuple
@@ -27,11 +25,12 @@ import numpy as np
 from SAMMed3DLib import datasets
 from SAMMed3DLib.datasets import IMAGE_SUFFIXES, Case
 from SAMMed3DLib.errors import SAMMed3DError
+from SAMMed3DLib.files import temporary_folder
 from SAMMed3DLib.interactive.geometry import Volume
 from SAMMed3DLib.interactive.preprocess import Modality, normalise
+from SAMMed3DLib.train.config import MIN_TARGET_VOXELS
 
 CACHE_VERSION = 1
-MIN_TARGET_VOXELS = 1000  # the reference redraws samples with at most this many label voxels in the crop
 
 
 @dataclass(frozen=True)
@@ -169,9 +168,7 @@ def cache_case(case: Case, cache_dir: Path) -> Path:
             "bbox_min": [int(w.min()) for w in where],
             "bbox_max": [int(w.max()) for w in where],
         }
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
-    try:
+    with temporary_folder(folder) as staging:
         np.save(staging / "image.npy", image)
         np.save(staging / "label.npy", label)
         meta = {"name": case.name, "image": str(case.image), "label": str(case.label), "modality": modality,
@@ -182,8 +179,6 @@ def cache_case(case: Case, cache_dir: Path) -> Path:
         except OSError:
             if not (folder / "meta.json").is_file():  # not a rank that finished first
                 raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return folder
 
 

@@ -8,7 +8,10 @@ encoder and decoder at `lr / 10`, MultiStepLR x0.1 at 60% and 90% of the epochs 
 gradient accumulation, autocast on CUDA (bf16 where supported, else fp16 with a GradScaler), gradient clipping.
 
 Every random draw comes from generators seeded by (seed, epoch, position), so a run interrupted after any optimiser
-step and continued with `resume` ends with the same weights as an uninterrupted one.
+step and continued with `resume` ends with the same weights as an uninterrupted one. A resume takes the recorded
+settings (`resume_config`); one that differs is refused (`OtherRun`), except those in `APPLIED_ON_RESUME`, which do
+not change the numbers. Every checkpoint records its provenance: the base checkpoint's SHA256, the data folder, the
+settings and the software.
 """
 
 from __future__ import annotations
@@ -17,23 +20,25 @@ import hashlib
 import json
 import math
 import random
-import sys
 import time
+import warnings
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from SAMMed3DLib.errors import SAMMed3DError
+from SAMMed3DLib import provenance
+from SAMMed3DLib.errors import OtherRun, SAMMed3DError
 from SAMMed3DLib.evaluation import clicks, metrics
 from SAMMed3DLib.files import atomic_path
 from SAMMed3DLib.interactive.preprocess import normalise
 from SAMMed3DLib.train import data
+from SAMMed3DLib.train.config import APPLIED_ON_RESUME, TrainConfig
 from SAMMed3DLib.train.distributed import Context, barrier, gather, mean
 from SAMMed3DLib.weights import Progress
 
@@ -45,34 +50,8 @@ _RESUME_KEYS = frozenset({
     "model_state_dict", "optimizer_state_dict", "lr_scheduler_state_dict", "scaler_state_dict", "step", "epoch",
     "micro_batch", "best_dice", "losses", "dices", "rng_states",
 })
-
-
-@dataclass
-class TrainConfig:
-    """Settings of one run; the defaults are the reference's fine-tuning recipe on one GPU."""
-
-    data: str
-    output: str
-    checkpoint: Optional[str] = None
-    variant: Optional[str] = None  # None: the checkpoint's variant, or vit_b_ori without a checkpoint
-    epochs: int = 200
-    max_steps: Optional[int] = None
-    batch_size: int = 2
-    accumulation_steps: int = 20
-    lr: float = 8e-5
-    weight_decay: float = 0.1
-    clip_norm: float = 1.0
-    device: str = "auto"
-    seed: int = 0
-    num_workers: int = 4
-    resume: bool = False
-    interaction_steps: int = 11
-    validation_fraction: float = 0.1
-    validation_clicks: Tuple[int, ...] = (1, 5)
-    min_voxels: int = data.MIN_TARGET_VOXELS
-    progress: bool = True
-    model_overrides: Dict[str, Any] = field(default_factory=dict)
-    milestones: List[int] = field(default_factory=list)  # filled from `epochs` when empty
+# (micro-batches done, micro-batches of the run, the optimiser step's log record when one just finished, else None)
+TrainProgress = Callable[[int, int, Optional[Dict[str, Any]]], None]
 
 
 def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -207,21 +186,23 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def read_training_checkpoint(path: Path, device: torch.device) -> Dict[str, Any]:
-    """A checkpoint in the reference's format with weights_only=True; its `args` may be an argparse.Namespace (the
-    reference's own script pickles one), the one non-tensor type allowed, as for the weights loader."""
-    from SAMMed3DLib.model.checkpoint import ALLOWED_GLOBALS
+def read_training_checkpoint(path: Path, device: torch.device, mmap: bool = False) -> Dict[str, Any]:
+    """A checkpoint in the reference's format, read safely (`safe_load`); its `args` may be an argparse.Namespace (the
+    reference's own script pickles one), the one non-tensor type allowed, as for the weights loader. `mmap` reads
+    tensors only when used (to look at the settings)."""
+    from SAMMed3DLib.model.checkpoint import safe_load
 
-    with torch.serialization.safe_globals(ALLOWED_GLOBALS):
-        return torch.load(path, map_location=device, weights_only=True)
+    return safe_load(path, device, mmap)
 
 
 class Trainer:
     """Holds the model, optimiser, scheduler and position of one run; `run()` trains to the end or `max_steps`."""
 
-    def __init__(self, config: TrainConfig, context: Context, on_download: Optional[Progress] = None) -> None:
+    def __init__(self, config: TrainConfig, context: Context, on_download: Optional[Progress] = None,
+                 on_progress: Optional[TrainProgress] = None) -> None:
         self.config = config
         self.on_download = on_download  # progress of downloading a named checkpoint (rank 0)
+        self.on_progress = on_progress  # progress per micro-batch (rank 0)
         self.context = context
         self.output = Path(config.output)
         if config.batch_size < 1 or config.accumulation_steps < 1 or config.epochs < 1:
@@ -257,6 +238,7 @@ class Trainer:
         self._saved_at: Optional[Tuple[int, int, int]] = None
         self.losses: List[float] = []
         self.dices: List[float] = []
+        self.provenance = self._provenance()
         if config.resume:
             self._resume()
         self.model.train()
@@ -279,6 +261,7 @@ class Trainer:
 
         config = self.config
         source: Optional[Path] = None
+        self.base: Optional[Path] = None  # the checkpoint the run started from
         if config.resume:  # the weights come later with the rest of the state; the file tells the variant
             source = self.output / LATEST
         elif config.checkpoint:
@@ -290,6 +273,7 @@ class Trainer:
             barrier(self.context)
             if not self.context.is_main:
                 source = weights.resolve(config.checkpoint)
+            self.base = source
         if source is not None and not config.model_overrides:
             return load_sam_med3d(source, self.context.device, config.variant)
         if config.model_overrides and not config.variant:
@@ -323,6 +307,9 @@ class Trainer:
         if not isinstance(state, dict) or not _RESUME_KEYS.issubset(state):
             raise SAMMed3DError(f"{path} cannot be resumed: it lacks the optimiser and position state that "
                                 "fine-tuning writes (a reference or published checkpoint?)")
+        recorded = state.get("provenance") or {}
+        _check_resume(self.output, self.config, dict(state.get("args") or {}), recorded)
+        self.provenance["base_checkpoint"] = recorded.get("base_checkpoint")
         self.model.load_state_dict(state["model_state_dict"], strict=True)
         self.optimizer.load_state_dict(state["optimizer_state_dict"])
         self.scheduler.load_state_dict(state["lr_scheduler_state_dict"])
@@ -372,8 +359,18 @@ class Trainer:
             "best_loss": min(self.losses) if self.losses else math.inf,
             "best_dice": self.best_dice,
             "args": args,
+            "provenance": self.provenance,
             "rng_states": gather(self.context, _rng_state()),
         }
+
+    def _provenance(self) -> Dict[str, Any]:
+        """What the checkpoints record besides the settings (`args`): the base checkpoint by SHA256, the data folder,
+        the software and where it ran."""
+        hashed = self.base is not None and self.context.is_main  # only rank 0 writes checkpoints
+        base = provenance.checkpoint(self.base, self.config.checkpoint) if hashed else None
+        return {"base_checkpoint": base, "data": str(Path(self.config.data).resolve()),
+                **provenance.run(f"PyTorch on {self.context.device.type}", str(self.context.device)),
+                "processes": self.context.world_size}
 
     def save(self, name: str) -> None:
         """Write a checkpoint in the reference's format (all processes call this; only rank 0 writes)."""
@@ -399,13 +396,18 @@ class Trainer:
     # --- training ----------------------------------------------------------------------------------------------
 
     def _loader(self, batches: data.EpochBatches):
-        return torch.utils.data.DataLoader(
-            self.train_set,
-            batch_sampler=batches,
-            num_workers=self.config.num_workers,
-            collate_fn=data.collate,
-            pin_memory=self.context.device.type == "cuda",
-        )
+        """The epoch's micro-batches. torch's warning about more workers than CPUs is not passed on: the default
+        follows the machine (`default_workers`), and a larger number is the user's explicit choice."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
+            loader = torch.utils.data.DataLoader(
+                self.train_set,
+                batch_sampler=batches,
+                num_workers=self.config.num_workers,
+                collate_fn=data.collate,
+                pin_memory=self.context.device.type == "cuda",
+            )
+            return iter(loader)
 
     def _steps_per_epoch(self) -> int:
         config = self.config
@@ -422,15 +424,11 @@ class Trainer:
     def run(self) -> Dict[str, Any]:
         """Train until the last epoch or `max_steps`; returns the last step's and validation's numbers."""
         config, context = self.config, self.context
-        progress = None
-        if context.is_main and config.progress:
-            from tqdm import tqdm
-
-            progress = tqdm(total=self.total_steps(), initial=self.step, unit="step", desc="finetune", file=sys.stderr)
         summary: Dict[str, Any] = {}
+        self._report(None)
         try:
             while not self._finished():
-                completed = self._train_epoch(progress, summary)
+                completed = self._train_epoch(summary)
                 if not completed:
                     break
                 self.scheduler.step()
@@ -446,12 +444,16 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 self.save(LATEST)
             raise
-        finally:
-            if progress is not None:
-                progress.close()
         return summary
 
-    def _train_epoch(self, progress, summary: Dict[str, Any]) -> bool:
+    def _report(self, record: Optional[Dict[str, Any]]) -> None:
+        """Progress in micro-batches of the whole run (rank 0)."""
+        if self.on_progress is not None and self.context.is_main:
+            accumulation = self.config.accumulation_steps
+            done = self.step * accumulation + self.micro_batch % accumulation
+            self.on_progress(done, self.total_steps() * accumulation, record)
+
+    def _train_epoch(self, summary: Dict[str, Any]) -> bool:
         """Micro-batches of the current epoch from `micro_batch` on; False if `max_steps` ended it early."""
         config, context = self.config, self.context
         batches = data.EpochBatches(len(self.train_set), config.batch_size, config.accumulation_steps,
@@ -490,10 +492,8 @@ class Trainer:
                 }
                 self.log(record)
                 summary.update(record)
-                if progress is not None:
-                    progress.update(1)
-                    progress.set_postfix(loss=f"{step_loss:.3f}", epoch=self.epoch)
                 accumulated, started = 0.0, time.perf_counter()
+            self._report(record if last_of_step else None)
         return True
 
     def _end_of_epoch(self, summary: Dict[str, Any]) -> None:
@@ -516,6 +516,44 @@ class Trainer:
         self.save(LATEST)
 
 
-def train(config: TrainConfig, context: Context, on_download: Optional[Progress] = None) -> Dict[str, Any]:
-    """Run the whole recipe; returns the last logged numbers. `on_download` shows a named checkpoint's download."""
-    return Trainer(config, context, on_download).run()
+def train(config: TrainConfig, context: Context, on_download: Optional[Progress] = None,
+          on_progress: Optional[TrainProgress] = None) -> Dict[str, Any]:
+    """Run the whole recipe; returns the last logged numbers. `on_download` shows a named checkpoint's download,
+    `on_progress` the training (`TrainProgress`)."""
+    return Trainer(config, context, on_download, on_progress).run()
+
+
+def resume_config(output: Path, given: Dict[str, Any]) -> TrainConfig:
+    """The settings to continue the run in `output` with: the ones its latest checkpoint records, with the `given`
+    ones (what the user asked for explicitly) on top; `Trainer` refuses a given one that differs from the record
+    (`APPLIED_ON_RESUME` aside)."""
+    state = read_training_checkpoint(Path(output) / LATEST, torch.device("cpu"), mmap=True)
+    recorded = state.get("args") if isinstance(state, dict) else None  # a Namespace: the reference's, not resumable
+    known = {name for name in TrainConfig.__dataclass_fields__ if name not in APPLIED_ON_RESUME}
+    settings = {key: value for key, value in (recorded if isinstance(recorded, dict) else {}).items() if key in known}
+    if "validation_clicks" in settings:
+        settings["validation_clicks"] = tuple(settings["validation_clicks"])
+    return TrainConfig(**{**settings, **given, "output": str(output), "resume": True})
+
+
+def _check_resume(output: Path, config: TrainConfig, recorded: Dict[str, Any], record: Dict[str, Any]) -> None:
+    """`OtherRun` listing every setting of `config` that differs from the `recorded` ones (APPLIED_ON_RESUME aside);
+    the data folder is compared as resolved paths, a checkpoint by its SHA256 (`record`: the run's provenance)."""
+    current = {key: (list(value) if isinstance(value, tuple) else value) for key, value in asdict(config).items()}
+    changed = {}
+    for key, now in current.items():
+        if key in APPLIED_ON_RESUME or key == "output" or key not in recorded or recorded[key] == now:
+            continue
+        if key == "data" and Path(str(record.get("data", recorded[key]))).resolve() == Path(now).resolve():
+            continue
+        if key == "checkpoint" and now is not None and _same_checkpoint(now, record.get("base_checkpoint")):
+            continue
+        changed[key] = (recorded[key], now)
+    if changed:
+        raise OtherRun(output, changed)
+
+
+def _same_checkpoint(given: str, base: Optional[Dict[str, Any]]) -> bool:
+    from SAMMed3DLib import weights
+
+    return base is not None and weights.sha256_of(weights.resolve(given)) == base.get("sha256")
