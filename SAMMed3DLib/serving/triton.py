@@ -60,7 +60,11 @@ def model_config_pb2() -> Any:
         spec = importlib.util.spec_from_file_location(name, Path(tritonclient.__file__).parent / "grpc"
                                                       / "model_config_pb2.py")
         module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as error:  # protobuf older than the generated code wants: its VersionError
+            raise SAMMed3DError(f"cannot load Triton's model configuration from {spec.origin} with this protobuf "
+                                f"({error})") from None
         sys.modules[name] = module
     return sys.modules[name]
 
