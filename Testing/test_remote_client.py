@@ -6,6 +6,7 @@ beforehand (SAMMED3D_TEST_SERVER) on the export SAMMED3D_TEST_ONNX_EXPORT; witho
 from __future__ import annotations
 
 import http.server
+import os
 import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,23 @@ from SAMMed3DLib.errors import InsecureToken, NotAV2Server, SAMMed3DError, Serve
 from SAMMed3DLib.testing.scenes import bright_box
 
 pytest.importorskip("tritonclient.http")
+# A server of this environment runs this ONNX Runtime: its embeddings are the local ones bit for bit. One started by
+# another Python (CI's 3.9 run) may run another ONNX Runtime version: then they agree to float32 rounding.
+SAME_RUNTIME = "SAMMED3D_TEST_SERVER" not in os.environ
+
+
+def assert_same_embedding(found: np.ndarray, expected: np.ndarray) -> None:
+    if SAME_RUNTIME:
+        np.testing.assert_array_equal(found, expected)
+    else:
+        np.testing.assert_allclose(found, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
+
+def assert_same_mask(found: np.ndarray, expected: np.ndarray) -> None:
+    if SAME_RUNTIME:
+        np.testing.assert_array_equal(found, expected)
+    else:  # a voxel whose logit is within rounding of 0 may flip
+        assert found.shape == expected.shape and np.count_nonzero(found != expected) <= 1e-3 * expected.size
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +52,10 @@ def test_a_session_encoding_on_the_server_equals_a_local_one(encoder_server, tin
     sessions = [InteractiveSession(predictor, Volume(*bright_box())) for predictor in (local, remote)]
     for point, positive in (([45.0, 40.0, 44.0], True), ([40.0, 42.0, 40.0], False), ([52.0, 50.0, 48.0], True)):
         local_mask, remote_mask = (session.add_click(point, positive).mask.copy() for session in sessions)
-        np.testing.assert_array_equal(remote_mask, local_mask)
+        assert_same_mask(remote_mask, local_mask)
     assert local_mask.any() and remote.last_round_trip_s > 0
     image = np.random.default_rng(1).normal(size=(1, 1, 128, 128, 128)).astype(np.float32)
-    np.testing.assert_array_equal(remote.encode(image), local.encode(image))  # the same ONNX Runtime, bit for bit
+    assert_same_embedding(remote.encode(image), local.encode(image))
 
 
 def test_eight_clients_at_once_each_get_their_own_embeddings(encoder_server, tiny_export, local):
@@ -56,7 +74,7 @@ def test_eight_clients_at_once_each_get_their_own_embeddings(encoder_server, tin
         answers = list(pool.map(client, range(8)))
     for index in range(8):
         for call in range(5):
-            np.testing.assert_array_equal(answers[index][call], local.encode(patches[index, call]))
+            assert_same_embedding(answers[index][call], local.encode(patches[index, call]))
 
 
 def test_fp16_patches_give_nearly_the_same_embedding(encoder_server, tiny_export, local):
@@ -71,9 +89,9 @@ def test_fp16_patches_give_nearly_the_same_embedding(encoder_server, tiny_export
 def test_the_connection_test_reports_server_model_checkpoint_and_round_trip(encoder_server, tiny_export, local):
     info = check_connection(encoder_server)
     assert info.server.startswith("kserve ") and info.model == "sammed3d_encoder" and info.device == "cpu"
-    assert info.checkpoint_sha256 == local.metadata["source_checkpoint_sha256"] and info.checkpoint == "tiny.pth"
-    assert 0 < info.round_trip_s < 60
-    described = f"{info.server} at {encoder_server}, model sammed3d_encoder on cpu, checkpoint tiny.pth (SHA256 "
+    assert info.checkpoint_sha256 == local.metadata["source_checkpoint_sha256"]
+    assert info.checkpoint == local.metadata["source_checkpoint"] and 0 < info.round_trip_s < 60
+    described = f"{info.server} at {encoder_server}, model sammed3d_encoder on cpu, checkpoint {info.checkpoint} ("
     assert info.describe().startswith(described)
 
 
