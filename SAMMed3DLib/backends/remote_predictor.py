@@ -249,21 +249,22 @@ class ServerConnection:
             parameters = self._call(f"/v2/models/{model}/config",
                                     lambda client: client.get_model_config(model)).get("parameters") or {}
         except ServerError as error:
-            if isinstance(error, (ServerUnreachable, AccessDenied, TLSVerificationFailed)):
+            if type(error) is not ServerError:  # unreachable, refused, not verified
                 raise
-            parameters = {}  # no model configuration extension (MLServer): the metadata may carry them
+            parameters = {}  # no model configuration extension (MLServer): its metadata may carry them
         if not parameters:
             parameters = self._call(f"/v2/models/{model}", lambda client: client.get_model_metadata(model)) \
                 .get("parameters") or {}
 
         def parameter(key: str) -> Optional[str]:
             value = parameters.get(key)
-            if isinstance(value, dict):  # Triton's form: {"string_value": "..."}
-                value = value.get("string_value")
-            return str(value).strip().lower() if key == CHECKPOINT_PARAMETER and value else value or None
+            value = value.get("string_value") if isinstance(value, dict) else value  # Triton's form, or plain
+            return str(value) if value else None
 
-        return ServerInfo(self.url, f"{metadata['name']} {metadata['version']}", model, parameter(CHECKPOINT_PARAMETER),
-                          parameter(CHECKPOINT_NAME_PARAMETER), parameter(DEVICE_PARAMETER))
+        sha256 = parameter(CHECKPOINT_PARAMETER)
+        return ServerInfo(self.url, f"{metadata['name']} {metadata['version']}", model,
+                          sha256.strip().lower() if sha256 else None, parameter(CHECKPOINT_NAME_PARAMETER),
+                          parameter(DEVICE_PARAMETER))
 
     def encode(self, model: str, image: np.ndarray) -> Tuple[np.ndarray, Optional[str]]:
         """The embedding of `image` (float32) and the checkpoint SHA256 the response reports (None if it does not)."""
@@ -351,8 +352,8 @@ class ServerConnection:
         if expect_v2 or "while decoding the response" in message:
             return NotAV2Server(self.url, f"GET {path} answered HTTP {status}"
                                           + ("" if "while decoding" in message else f" ({message})"))
-        if model is not None and status in ("400", "404") and not path.endswith("/infer"):
-            return ModelMissing(self.url, model)
+        if model is not None and (status == "404" or (status == "400" and not path.endswith("/infer"))):
+            return ModelMissing(self.url, model)  # Triton answers 400 for an unknown model, KServe 404
         return ServerError(self.url, f"the server at {self.url} failed {path} (HTTP {status}: {message})")
 
 

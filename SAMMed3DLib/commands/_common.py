@@ -15,12 +15,8 @@ from SAMMed3DLib.weights import Progress
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
-    group.add_argument(
-        "--checkpoint", required=True, metavar="PATH_OR_NAME",
-        help="a checkpoint file, or a name from `sammed3d weights list` (e.g. turbo: downloaded on first use); "
-        "with --backend onnx, the folder of an ONNX export; with --backend remote, the decoder: an ONNX export's "
-        "folder (its decoder.onnx is enough) or the checkpoint",
-    )
+    add_checkpoint_argument(group, "; with --backend onnx, the folder of an ONNX export; with --backend remote, the "
+                                   "decoder: an ONNX export's folder (its decoder.onnx is enough) or the checkpoint")
     group.add_argument("--device", choices=DEVICES, default="auto",
                        help="where torch or ONNX Runtime runs (default: auto)")
     group.add_argument("--backend", choices=BACKENDS, default="torch",
@@ -33,6 +29,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        help="with --backend remote: the inference server (http(s)://HOST:PORT), e.g. `sammed3d serve` "
                             "or Triton; only the normalised 192 mm patch is sent to it")
     add_token_argument(group, "the bearer token for --server")
+
+
+def add_checkpoint_argument(parser: Any, more: str = "") -> None:
+    """--checkpoint PATH_OR_NAME, resolved with `weights.resolve`; `more` adds to its help."""
+    parser.add_argument("--checkpoint", required=True, metavar="PATH_OR_NAME",
+                        help="a checkpoint file, or a name from `sammed3d weights list` (e.g. turbo: downloaded on "
+                             f"first use){more}")
 
 
 def positive_int(text: str) -> int:

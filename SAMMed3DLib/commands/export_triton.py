@@ -22,15 +22,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from SAMMed3DLib.commands._common import positive_int
+from SAMMed3DLib.commands._common import add_checkpoint_argument, positive_int
 from SAMMed3DLib.serving.encoder import MAX_BATCH
 
 HELP = "write a Triton Inference Server model repository for a checkpoint's encoder"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, metavar="PATH_OR_NAME",
-                        help="a checkpoint file, or a name from `sammed3d weights list` (downloaded on first use)")
+    add_checkpoint_argument(parser)
     parser.add_argument("--output", required=True, metavar="REPO", type=Path,
                         help="the model repository folder (created if needed)")
     parser.add_argument("--max-batch", type=positive_int, default=MAX_BATCH, metavar="N",

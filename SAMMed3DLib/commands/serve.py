@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from SAMMed3DLib.backends.predictor import BACKENDS, DEVICES
-from SAMMed3DLib.commands._common import add_token_argument, download_progress, read_token
+from SAMMed3DLib.commands._common import add_checkpoint_argument, add_token_argument, download_progress, read_token
 from SAMMed3DLib.serving.encoder import SERVED_BACKENDS
 from SAMMed3DLib.serving.protocol import is_loopback
 
@@ -32,9 +32,7 @@ HELP = "serve a checkpoint's encoder to --backend remote clients (Open Inference
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, metavar="PATH_OR_NAME",
-                        help="a checkpoint file or a name from `sammed3d weights list` (e.g. turbo); with --backend "
-                             "onnx, the folder of an ONNX export")
+    add_checkpoint_argument(parser, "; with --backend onnx, the folder of an ONNX export")
     parser.add_argument("--backend", choices=SERVED_BACKENDS, default="torch",
                         help=f"what encodes: {', '.join(f'{b} ({BACKENDS[b]})' for b in SERVED_BACKENDS)}; "
                              "default torch")
