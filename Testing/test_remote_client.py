@@ -9,6 +9,7 @@ import http.server
 import os
 import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import List
@@ -106,6 +107,48 @@ def test_no_server_listening_is_one_line_after_one_retry():
     with pytest.raises(ServerUnreachable) as raised:
         check_connection(url)
     assert str(raised.value) == f"cannot reach the server at {url} (connection refused)"
+
+
+def test_a_dropped_connection_is_retried_once_then_reported():
+    """A listener that accepts and hangs up at once (a server going down): two attempts 0.5 s apart, one error.
+    (Within an attempt the HTTP client itself may reconnect at once, as it does for a stale pooled connection.)"""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    accepted = []
+
+    def hang_up() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:  # closed: the test is over
+                return
+            accepted.append(time.monotonic())
+            connection.close()
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        with pytest.raises(ServerUnreachable, match=f"^cannot reach the server at {url} "):
+            check_connection(url)
+    finally:
+        listener.close()
+    gaps = [later - earlier for earlier, later in zip(accepted, accepted[1:])]
+    assert len([gap for gap in gaps if gap >= 0.4]) == 1 and max(gaps) >= 0.5  # two bursts: one retry, backed off
+
+
+def test_a_server_that_never_answers_times_out():
+    listener = socket.socket()  # connections wait in its backlog: accepted by the system, never answered
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        started = time.monotonic()
+        with pytest.raises(ServerUnreachable, match=r"\(no answer within 1 s\)$"):
+            check_connection(url, timeout=1)
+        assert time.monotonic() - started < 10
+    finally:
+        listener.close()
 
 
 @pytest.mark.parametrize("url", ["127.0.0.1:8000", "ftp://127.0.0.1:8000", "http://127.0.0.1:port", "http://:8000",
