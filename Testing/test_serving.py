@@ -265,6 +265,39 @@ def test_health_answers_while_an_encode_runs(tiny_export):
     service.close()
 
 
+def test_the_encoder_service_serves_a_checkpoint_on_torch_and_refuses_an_export_without_its_sha256(tiny_export,
+                                                                                                     tmp_path):
+    import onnx
+    import torch
+
+    from SAMMed3DLib.model import load_sam_med3d
+    from SAMMed3DLib.serving.encoder import open_service
+    from SAMMed3DLib.weights import sha256_of
+
+    checkpoint = save_random_checkpoint(tmp_path / "tiny.pth", "tiny", seed=9)
+    service = open_service("torch", checkpoint, "cpu")
+    try:
+        assert (service.checkpoint.sha256, service.checkpoint.name) == (sha256_of(checkpoint), "tiny.pth")
+        assert service.embedding_shape == (48, 8, 8, 8) and service.parameters()["device"] == "cpu"
+        patches = np.random.default_rng(7).random((2, 1, 128, 128, 128), dtype=np.float32)
+        found = service.submit(patches.astype(np.float16)).result()  # FP16 in, FP32 out, two patches
+        with torch.inference_mode():
+            expected = load_sam_med3d(checkpoint).encode(torch.from_numpy(patches.astype(np.float16)
+                                                                          .astype(np.float32))).numpy()
+        assert found.dtype == np.float32 and np.abs(found - expected).max() <= 1e-5 * np.abs(expected).max()
+    finally:
+        service.close()
+
+    stripped = tmp_path / "stripped"
+    stripped.mkdir()
+    for name in ("encoder.onnx", "decoder.onnx"):
+        model = onnx.load(str(tiny_export / name))
+        del model.metadata_props[:]
+        onnx.save(model, str(stripped / name))
+    with pytest.raises(SAMMed3DError, match="does not record the SHA256 of the checkpoint it was exported from"):
+        open_service("onnx", stripped, "cpu")
+
+
 def test_kserve_offers_what_the_server_relies_on():
     """KServe 0.21's classes and arguments that kserve_server.py's four workarounds use; an upgrade that changes
     them fails here (see that module's docstring)."""
