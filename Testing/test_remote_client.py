@@ -69,7 +69,7 @@ def test_eight_clients_at_once_each_get_their_own_embeddings(encoder_server, tin
         try:
             return [remote.encode(patch) for patch in patches[index]]
         finally:
-            remote.close()
+            remote.disconnect()
 
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(client, range(8)))

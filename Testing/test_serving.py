@@ -262,7 +262,7 @@ def test_health_answers_while_an_encode_runs(tiny_export):
     response = asyncio.run(scenario())
     np.testing.assert_array_equal(response.outputs[0].as_numpy(), service.predictor.encode(image))
     assert response.parameters["source_checkpoint_sha256"] == "a" * 64
-    service.close()
+    service.shutdown()
 
 
 def test_the_encoder_service_serves_a_checkpoint_on_torch_and_refuses_an_export_without_its_sha256(tiny_export,
@@ -286,7 +286,7 @@ def test_the_encoder_service_serves_a_checkpoint_on_torch_and_refuses_an_export_
                                                                           .astype(np.float32))).numpy()
         assert found.dtype == np.float32 and np.abs(found - expected).max() <= 1e-5 * np.abs(expected).max()
     finally:
-        service.close()
+        service.shutdown()
 
     stripped = tmp_path / "stripped"
     stripped.mkdir()

@@ -68,7 +68,7 @@ def clients(url: str, model: Path, image: np.ndarray, expected: np.ndarray, coun
         except BaseException as error:  # reported after the run
             failures.append(error)
         finally:
-            remote.close()
+            remote.disconnect()
 
     threads = [threading.Thread(target=client) for _ in range(count)]
     started = time.perf_counter()

@@ -108,7 +108,7 @@ def check_connection(
         connection.encode(model, np.zeros((1, 1) + (PATCH_SIZE,) * 3, DATATYPES[datatype]))
         return replace(info, round_trip_s=time.perf_counter() - started)
     finally:
-        connection.close()
+        connection.drop_client()
 
 
 def _datatype_and_model(dtype: str, model: Optional[str]) -> Tuple[str, str]:
@@ -178,9 +178,9 @@ class RemotePredictor:
     ) -> Tuple[np.ndarray, np.ndarray]:
         return self.decoder.decode(embedding, points, labels, mask_logits)
 
-    def close(self) -> None:
-        """Close this thread's connection (others close when their thread ends)."""
-        self._connection.close()
+    def disconnect(self) -> None:
+        """Close this thread's connection (others close when their thread ends); the next call connects again."""
+        self._connection.drop_client()
 
 
 class _Bearer:
@@ -283,7 +283,8 @@ class ServerConnection:
         served = (result.get_response().get("parameters") or {}).get(CHECKPOINT_PARAMETER)
         return embedding.astype(np.float32, copy=False), (str(served).lower() if served else None)
 
-    def close(self) -> None:
+    def drop_client(self) -> None:
+        """Close this thread's client; the next call makes a new one."""
         client = getattr(self._local, "client", None)
         self._local.client = None
         if client is not None:
@@ -315,25 +316,25 @@ class ServerConnection:
             except self._server_exception as error:
                 raise self._http_error(error, path, model, expect_v2) from None
             except ssl.SSLCertVerificationError as error:
-                self.close()
+                self.drop_client()
                 raise TLSVerificationFailed(self.url, error.verify_message or error.reason) from None
             except ssl.SSLError as error:
-                self.close()
+                self.drop_client()
                 raise ServerUnreachable(self.url, f"TLS handshake failed: {error.reason or error}") from None
             except (ConnectionError, http.client.HTTPException) as error:  # refused, reset, closed mid-answer
-                self.close()
+                self.drop_client()
                 if attempt == 1:
                     time.sleep(RETRY_DELAY_S)
                     continue
                 raise ServerUnreachable(self.url, _reason(error)) from None
             except socket.gaierror:
-                self.close()
+                self.drop_client()
                 raise ServerUnreachable(self.url, "host name not found") from None
             except (TimeoutError, socket.timeout):
-                self.close()
+                self.drop_client()
                 raise ServerUnreachable(self.url, f"no answer within {self._timeout:g} s") from None
             except OSError as error:
-                self.close()
+                self.drop_client()
                 raise ServerUnreachable(self.url, _reason(error)) from None
             except ValueError as error:  # a 200 answer that is not JSON
                 if expect_v2:

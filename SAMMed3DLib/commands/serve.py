@@ -81,5 +81,5 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # uvicorn stops gracefully, then re-raises the interrupt
         pass
     finally:
-        service.close()
+        service.shutdown()
     return 0

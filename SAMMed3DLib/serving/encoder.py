@@ -100,7 +100,8 @@ class EncoderService:
             "parameters": {key: {"string_value": value} for key, value in self.parameters().items()},
         }
 
-    def close(self) -> None:
+    def shutdown(self) -> None:
+        """Finish the encode in progress and stop the worker thread."""
         self._worker.shutdown(wait=True)
 
 
