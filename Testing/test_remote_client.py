@@ -19,7 +19,7 @@ import pytest
 
 from SAMMed3DLib import InteractiveSession, OnnxPredictor, Volume
 from SAMMed3DLib.backends.remote_predictor import RemotePredictor, check_connection
-from SAMMed3DLib.errors import InsecureToken, NotAV2Server, SAMMed3DError, ServerUnreachable
+from SAMMed3DLib.errors import InsecureToken, NotAV2Server, SAMMed3DError, ServerNotReady, ServerUnreachable
 from SAMMed3DLib.testing.scenes import bright_box
 
 pytest.importorskip("tritonclient.http")
@@ -164,14 +164,16 @@ def test_a_token_is_never_sent_over_plain_http_to_another_machine():
 
 
 class _Recorder(http.server.BaseHTTPRequestHandler):
-    """Any web server that is not a v2 one; records what it was sent. `answer`: (status, headers, body)."""
+    """A web server that records what it was sent. `answer`: (status, headers, body) for every path, or a dict of
+    them by path (404 for the others)."""
 
     answer = (404, {"Content-Type": "text/html"}, b"<html>Not here</html>")
     seen: List[dict] = []
 
     def do_GET(self) -> None:  # noqa: N802 (the http.server name)
         type(self).seen.append({"path": self.path, "authorization": self.headers.get("Authorization")})
-        status, headers, body = self.answer
+        answers = self.answer if isinstance(self.answer, dict) else {self.path: self.answer}
+        status, headers, body = answers.get(self.path, (404, {}, b""))
         self.send_response(status)
         for key, value in {**headers, "Content-Length": str(len(body))}.items():
             self.send_header(key, value)
@@ -217,3 +219,15 @@ def test_the_token_goes_only_to_its_url_not_where_a_redirect_points():
     finally:
         first.shutdown()
         elsewhere.shutdown()
+
+
+def test_a_v2_server_that_is_not_ready_says_so():
+    metadata = b'{"name": "triton", "version": "2.50.0", "extensions": []}'
+    starting = _web_server({"/v2": (200, {"Content-Type": "application/json"}, metadata),
+                            "/v2/health/ready": (503, {}, b"")})
+    try:
+        url = f"http://127.0.0.1:{starting.server_address[1]}"
+        with pytest.raises(ServerNotReady, match=f"^the server at {url} is not ready yet"):
+            check_connection(url)
+    finally:
+        starting.shutdown()
