@@ -66,7 +66,8 @@ class SAMMed3DWidget(ScriptedLoadableModuleWidget):
             self.ui.modelComboBox.addItem(f"{entry.name}: {entry.description}", entry.name)
         self.ui.modelComboBox.addItem("Local file", LOCAL_FILE)
         for backend, title in BACKENDS.items():
-            self.ui.backendComboBox.addItem(title, backend)
+            if backend != "remote":  # offered once the panel has its server URL, token and connection test
+                self.ui.backendComboBox.addItem(title, backend)
         for device in DEVICES:
             self.ui.deviceComboBox.addItem(device, device)
         self.updateGUIFromSettings()

@@ -18,6 +18,8 @@ _PUBLIC = {
     "Click": "interactive.session",
     "TorchPredictor": "backends.torch_predictor",
     "OnnxPredictor": "backends.onnx_predictor",
+    "RemotePredictor": "backends.remote_predictor",
+    "check_connection": "backends.remote_predictor",
     "load_predictor": "backends.predictor",
 }
 

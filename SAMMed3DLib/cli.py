@@ -18,6 +18,8 @@ COMMANDS = {
     "evaluate": "evaluate",
     "weights": "weights",
     "export-onnx": "export_onnx",
+    "export-triton": "export_triton",
+    "serve": "serve",
     "finetune": "finetune",
 }
 

@@ -46,12 +46,18 @@ class MissingPackages(SAMMed3DError):
         """Raise for the `modules` (import names) that cannot be imported, before any work that needs them."""
         import importlib.util
 
-        missing = [_PIP_NAMES.get(name, name) for name in modules if importlib.util.find_spec(name) is None]
+        def absent(name: str) -> bool:
+            try:
+                return importlib.util.find_spec(name) is None
+            except ModuleNotFoundError:  # the parent package of a dotted name is missing
+                return True
+
+        missing = [_PIP_NAMES.get(name, name) for name in modules if absent(name)]
         if missing:
             raise cls(purpose, missing, extra)
 
 
-_PIP_NAMES = {"skimage": "scikit-image"}  # import name -> pip name, where they differ
+_PIP_NAMES = {"skimage": "scikit-image", "google.protobuf": "protobuf"}  # import name -> pip name, where they differ
 
 
 class InvalidChecksum(SAMMed3DError, ValueError):
@@ -213,3 +219,87 @@ class CaseFailed(SAMMed3DError):
     def __init__(self, case: str, cause: BaseException) -> None:
         self.case, self.cause = case, cause
         super().__init__(f"case {case}: {cause}")
+
+
+class ServerError(SAMMed3DError):
+    """A problem with the inference server at `url` (the encoder service of the remote backend)."""
+
+    def __init__(self, url: str, message: str) -> None:
+        self.url = url
+        super().__init__(message)
+
+
+class ServerUnreachable(ServerError):
+    """No answer from the server at `url` (`reason`: refused, timed out, name not found, connection lost)."""
+
+    def __init__(self, url: str, reason: object) -> None:
+        self.reason = reason
+        super().__init__(url, f"cannot reach the server at {url} ({reason})")
+
+
+class NotAV2Server(ServerError):
+    """What answers at `url` does not speak the Open Inference Protocol (v2): `reason` says what it did instead."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.reason = reason
+        super().__init__(url, f"{url} is not an Open Inference Protocol (v2) server: {reason}")
+
+
+class ServerNotReady(ServerError):
+    """The server at `url` answers but is not ready (`model`: the model that is not ready, or None for the server)."""
+
+    def __init__(self, url: str, model: Optional[str] = None) -> None:
+        self.model = model
+        what = f"model {model!r} on the server at {url} is" if model else f"the server at {url} is"
+        super().__init__(url, f"{what} not ready yet (still loading, or failed to load)")
+
+
+class ModelMissing(ServerError):
+    """The server at `url` serves no model named `model`."""
+
+    def __init__(self, url: str, model: str) -> None:
+        self.model = model
+        super().__init__(url, f"the server at {url} has no model {model!r}")
+
+
+class AccessDenied(ServerError):
+    """The server at `url` refused the request with HTTP `status` (401: no or a wrong token; 403: not allowed);
+    `token_sent` says whether a token went with it."""
+
+    def __init__(self, url: str, status: int, token_sent: bool, detail: str = "") -> None:
+        self.status, self.token_sent = int(status), token_sent
+        sent = "with a token it did not accept" if token_sent else "without a token"
+        reason = f": {detail}" if detail else ""
+        super().__init__(url, f"the server at {url} refused access (HTTP {status}, asked {sent}){reason}")
+
+
+class TLSVerificationFailed(ServerError):
+    """The certificate of the https server at `url` could not be verified (`reason`: self-signed, expired, another
+    host name...)."""
+
+    def __init__(self, url: str, reason: object) -> None:
+        self.reason = reason
+        super().__init__(url, f"the certificate of {url} could not be verified ({reason})")
+
+
+class InsecureToken(ServerError):
+    """A token was given for the plain-http `url` of another machine, where anyone on the network could read it."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url, f"a token is sent only over https, or over http to this computer; not to {url}")
+
+
+class CheckpointMismatch(ServerError):
+    """The server at `url` encodes with the checkpoint of SHA256 `served` (None: it does not say), the local decoder
+    `decoder` belongs to the checkpoint of SHA256 `local` (None: it does not say); they must be the same."""
+
+    def __init__(self, url: str, served: Optional[str], local: Optional[str], decoder: str) -> None:
+        self.served, self.local, self.decoder = served, local, decoder
+        if served is None:
+            message = f"the server at {url} does not report which checkpoint it encodes with (its SHA256)"
+        elif local is None:
+            message = f"the decoder {decoder} does not record which checkpoint it comes from (its SHA256)"
+        else:
+            message = (f"the server at {url} encodes with checkpoint SHA256 {served}, but the decoder {decoder} "
+                       f"comes from checkpoint SHA256 {local}")
+        super().__init__(url, message)

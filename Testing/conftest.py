@@ -8,6 +8,7 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -55,3 +56,35 @@ def read_only_folder(tmp_path) -> Path:
         pytest.skip("running as root on a file system without the immutable attribute: no read-only folder")
     yield folder
     subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An ONNX export (encoder.onnx, decoder.onnx, with the checkpoint's SHA256) of a tiny random checkpoint. CI's
+    torch-free Python 3.9 run makes it beforehand and names it in SAMMED3D_TEST_ONNX_EXPORT."""
+    given = os.environ.get("SAMMED3D_TEST_ONNX_EXPORT")
+    if given:
+        return Path(given)
+    pytest.importorskip("torch")
+    from SAMMed3DLib.backends.onnx_export import export_checkpoint
+    from SAMMed3DLib.testing.random_weights import save_random_checkpoint
+
+    folder = tmp_path_factory.mktemp("tiny_export")
+    export_checkpoint(save_random_checkpoint(folder / "tiny.pth", "tiny", seed=5), folder / "tiny")
+    return folder / "tiny"
+
+
+@pytest.fixture(scope="session")
+def encoder_server(tiny_export: Path) -> Iterator[str]:
+    """The URL of `sammed3d serve` encoding with `tiny_export` on 127.0.0.1; CI's Python 3.9 run, which cannot run
+    the server, is given one in SAMMED3D_TEST_SERVER."""
+    given = os.environ.get("SAMMED3D_TEST_SERVER")
+    if given:
+        yield given
+        return
+    pytest.importorskip("kserve")
+    from SAMMed3DLib.testing.servers import ServeProcess
+
+    with ServeProcess(["--backend", "onnx", "--checkpoint", str(tiny_export), "--device", "cpu", "--port", "0"]) \
+            as served:
+        yield served.url

@@ -15,7 +15,7 @@ from SAMMed3DLib.slicer.messages import user_message
 LIBRARY = Path(__file__).resolve().parent.parent / "SAMMed3DLib"
 FRONT_END = ("commands", "cli.py")
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z-]+")
-COMMAND = re.compile(r"\bsammed3d (predict|evaluate|weights|export-onnx|finetune)\b")
+COMMAND = re.compile(r"\bsammed3d (predict|evaluate|weights|export-onnx|export-triton|serve|finetune)\b")
 
 
 def _messages(tree: ast.AST):
@@ -72,10 +72,24 @@ CASES = [
      "set SAMMED3D_HOME to a writable folder", "SAMMED3D_HOME set to a writable folder"),
     (errors.OutputIsInput(Path("ct.nrrd"), Path("ct.nrrd"), "image"), "choose another --output", "input image"),
     (errors.CaseFailed("liver_3", errors.DeviceUnavailable("cuda", "no GPU")), "; use --device cpu", "case liver_3"),
+    (errors.ServerUnreachable("http://gpu1:8000", "connection refused"), "check --server", "'Test connection'"),
+    (errors.NotAV2Server("http://gpu1:80", "GET /v2 answered HTTP 404"), "like http://HOST:8000",
+     "encoder server"),
+    (errors.ServerNotReady("http://gpu1:8000", "sammed3d_encoder"), "try again when it has loaded",
+     "Wait until the server has loaded"),
+    (errors.ModelMissing("http://gpu1:8000", "sammed3d_encoder"), "`sammed3d serve`", "administrator to serve"),
+    (errors.AccessDenied("http://gpu1:8000", 401, False), "--token-file FILE", "Enter the server's token"),
+    (errors.AccessDenied("https://gpu1:8000", 403, True, "forbidden"), "for access", "for access"),
+    (errors.TLSVerificationFailed("https://gpu1:8000", "self-signed certificate"), "SSL_CERT_FILE",
+     "trusted certificates"),
+    (errors.InsecureToken("http://gpu1:8000"), "https:// address in --server", "https:// address in"),
+    (errors.CheckpointMismatch("http://gpu1:8000", "a" * 64, "b" * 64, "/m/decoder.onnx"),
+     "sammed3d export-onnx", "decoder exported from the checkpoint the server uses"),
 ]
 
 
-@pytest.mark.parametrize(("error", "terminal", "slicer"), CASES, ids=[type(c[0]).__name__ for c in CASES])
+@pytest.mark.parametrize(("error", "terminal", "slicer"), CASES,
+                         ids=[f"{type(c[0]).__name__}-{n}" for n, c in enumerate(CASES)])
 def test_each_front_end_words_the_fix_for_its_users(error, terminal, slicer):
     facts = str(error)
     assert not FLAG.search(facts) and not COMMAND.search(facts), facts
@@ -83,7 +97,7 @@ def test_each_front_end_words_the_fix_for_its_users(error, terminal, slicer):
     assert terminal in words_for_terminal and facts.rstrip(".") in words_for_terminal and "\n" not in words_for_terminal
     words_for_slicer = user_message(error)
     assert slicer in words_for_slicer and facts.rstrip(".") in words_for_slicer
-    assert not FLAG.search(words_for_slicer) and "sammed3d" not in words_for_slicer
+    assert not FLAG.search(words_for_slicer) and not re.search(r"\bsammed3d\b", words_for_slicer)  # a model name
 
 
 def test_errors_carry_their_facts():

@@ -1,35 +1,18 @@
 """A session on ONNX Runtime alone, as `pip install "SAMMed3DLib[onnx]"` gives it. CI also runs this module under
 Python 3.9 (Slicer 5.6 and 5.8) in an environment without torch, on an export made beforehand
-(SAMMED3D_TEST_ONNX_EXPORT); without that variable the export is made here, which needs torch."""
+(SAMMED3D_TEST_ONNX_EXPORT, see the `tiny_export` fixture); without that variable the export is made here, which
+needs torch."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
-import pytest
 
 from SAMMed3DLib import InteractiveSession, OnnxPredictor, Volume
 from SAMMed3DLib.testing.scenes import bright_box
 
 
-@pytest.fixture(scope="module")
-def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    given = os.environ.get("SAMMED3D_TEST_ONNX_EXPORT")
-    if given:
-        return Path(given)
-    pytest.importorskip("torch")
-    from SAMMed3DLib.backends.onnx_export import export_model
-    from SAMMed3DLib.testing.random_weights import random_model
-
-    folder = tmp_path_factory.mktemp("onnx") / "tiny"
-    export_model(random_model("tiny", seed=5), folder)
-    return folder
-
-
-def test_a_session_on_onnx_runtime_encodes_once_and_undoes_exactly(export):
-    predictor = OnnxPredictor(export, providers="cpu")
+def test_a_session_on_onnx_runtime_encodes_once_and_undoes_exactly(tiny_export):
+    predictor = OnnxPredictor(tiny_export, providers="cpu")
     assert (predictor.device, predictor.label) == ("cpu", "ONNX Runtime on cpu")
     session = InteractiveSession(predictor, Volume(*bright_box()))
     first = session.add_click([45.0, 40.0, 44.0])

@@ -69,6 +69,7 @@ def test_missing_packages_lists_torch_apart_from_pip_requirements():
     torch_missing, pip = missing_packages("onnx", lambda name: name != "onnxruntime")
     assert (torch_missing, pip) == (False, ["onnxruntime>=1.17"])
     assert missing_packages("torch") == (False, [])  # this environment has everything, torch >= 2.5 included
+    assert missing_packages("remote", lambda name: name != "tritonclient") == (False, ["tritonclient[http]>=2.40"])
 
 
 def test_the_slicer_setup_asks_for_the_floors_pyproject_declares():

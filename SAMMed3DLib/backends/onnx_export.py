@@ -40,6 +40,7 @@ OPSET = 18
 # Largest |ONNX Runtime - torch| accepted by the check, relative to max(1, largest |torch value|).
 TOLERANCE = 1e-4
 _CHECK_POINT_COUNTS = (1, 3, 10)
+_CHECK_BATCH = 2  # patches encoded at once by the check: the batch dimension is symbolic
 
 
 class _Encoder(nn.Module):
@@ -75,7 +76,7 @@ def export_checkpoint(
 
     checkpoint = Path(checkpoint)
     _require_onnx_packages()  # before the slow part
-    _output_folder(output)
+    prepare_output_folder(output)
     if on_stage is not None:
         on_stage("load")
     model = load_sam_med3d(checkpoint)
@@ -96,7 +97,7 @@ def export_model(
     `on_stage(name)` as each of the last three `STAGES` starts.
     """
     _require_onnx_packages()
-    output = _output_folder(output)
+    output = prepare_output_folder(output)
     model = model.to("cpu", torch.float32).eval()
     properties = {VERSION_KEY: __version__, **(metadata or {})}
     stage = on_stage or (lambda name: None)
@@ -119,7 +120,7 @@ def _require_onnx_packages() -> None:
     MissingPackages.require("exporting to ONNX", "onnx", "onnx", "onnxruntime")
 
 
-def _output_folder(output: Union[str, Path]) -> Path:
+def prepare_output_folder(output: Union[str, Path]) -> Path:
     output = Path(output).expanduser()
     if output.exists() and not output.is_dir():
         raise SAMMed3DError(f"{output} is a file, not a folder for the exported model")
@@ -154,9 +155,12 @@ def _export(
 
 
 def _export_encoder(model: SamMed3D, path: Path) -> None:
+    """The encoder with a symbolic batch dimension: the session sends one patch, an inference server's dynamic
+    batching (Triton) several."""
     size = model.config.image_size
     image = torch.zeros(1, 1, size, size, size)
-    _export(_Encoder(model), (image,), path, ENCODER_INPUTS, ENCODER_OUTPUTS)
+    batch = {name: {0: "batch"} for name in (*ENCODER_INPUTS, *ENCODER_OUTPUTS)}
+    _export(_Encoder(model), (image,), path, ENCODER_INPUTS, ENCODER_OUTPUTS, dynamic_axes=batch)
 
 
 def _export_decoder(model: SamMed3D, path: Path) -> None:
@@ -186,16 +190,18 @@ def _add_metadata(path: Path, properties: Dict[str, str]) -> None:
 
 @torch.inference_mode()
 def check_export(model: SamMed3D, directory: Path, seed: int = 0) -> Dict[str, float]:
-    """Run the exported files on ONNX Runtime (CPU) and torch with the same random patch and prompts (1, 3 and 10
-    points, a random mask prompt); returns the largest absolute differences of "embedding", "logits" and "iou" and
-    raises SAMMed3DError if one exceeds `TOLERANCE` relative to max(1, the largest torch value)."""
+    """Run the exported files on ONNX Runtime (CPU) and torch with the same random patches (a batch of two) and
+    prompts (1, 3 and 10 points, a random mask prompt); returns the largest absolute differences of "embedding",
+    "logits" and "iou" and raises SAMMed3DError if one exceeds `TOLERANCE` relative to max(1, the largest torch
+    value)."""
     config = model.config
     generator = torch.Generator().manual_seed(seed)
     size, logits_size = config.image_size, config.logits_size
     predictor = OnnxPredictor(directory, providers="cpu")
-    image = torch.randn(1, 1, size, size, size, generator=generator)
-    expected = model.encode(image)
-    differences = {"embedding": _difference(predictor.encode(image.numpy()), expected), "logits": 0.0, "iou": 0.0}
+    images = torch.randn(_CHECK_BATCH, 1, size, size, size, generator=generator)
+    embeddings = model.encode(images)
+    differences = {"embedding": _difference(predictor.encode(images.numpy()), embeddings), "logits": 0.0, "iou": 0.0}
+    expected = embeddings[:1]
     for count in _CHECK_POINT_COUNTS:
         points = torch.rand(1, count, 3, generator=generator) * size - 0.5
         labels = torch.randint(0, 2, (1, count), generator=generator)

@@ -60,6 +60,57 @@ def _requested_providers(providers: Union[str, Sequence[str]], available: Sequen
     raise UnknownChoice("ONNX Runtime providers", providers, ("auto", "cpu", "cuda", "a list of provider names"))
 
 
+def _session(path: Path, providers: Union[str, Sequence[str]], inputs: Tuple[str, ...]):
+    """An ONNX Runtime session of one exported file on the providers asked for, checked to have `inputs`."""
+    ort = _import_onnxruntime()
+    requested = _requested_providers(providers, ort.get_available_providers())
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        session = ort.InferenceSession(str(path), options, providers=requested)
+    except Exception as error:  # onnxruntime raises its own exception types for unreadable models
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        raise SAMMed3DError(f"{path} is not a readable ONNX model ({reason})") from None
+    found = tuple(item.name for item in session.get_inputs())
+    if found != inputs:
+        raise NotAnExport(path.parent, f"{path.name} has inputs {', '.join(found)}, not {', '.join(inputs)}")
+    if _CUDA in requested and _CUDA not in session.get_providers() and providers != "auto":
+        raise DeviceUnavailable("cuda", "ONNX Runtime could not start CUDA: no usable NVIDIA GPU, or the CUDA or "
+                                "cuDNN libraries are missing")
+    return session
+
+
+class OnnxDecoder:
+    """The exported decoder alone, for hosts that encode elsewhere (the remote backend): `path` is an export folder
+    (only its decoder.onnx is read) or a decoder.onnx file. `providers` as for `OnnxPredictor`."""
+
+    def __init__(self, path: Union[str, Path], providers: Union[str, Sequence[str]] = "auto"):
+        path = Path(path).expanduser()
+        file = path / DECODER_FILE if path.is_dir() else path
+        if not file.is_file():
+            raise NotAnExport(path, f"it lacks {DECODER_FILE}" if path.is_dir() else "no such file or folder")
+        self._session = _session(file, providers, DECODER_INPUTS)
+        self.providers: List[str] = self._session.get_providers()
+        self.device = "cuda" if _CUDA in self.providers else "cpu"
+        self.label = f"{BACKENDS['onnx']} on {self.device}"
+        self.metadata: Dict[str, str] = dict(self._session.get_modelmeta().custom_metadata_map)
+        self.path = file
+
+    def decode(
+        self, embedding: np.ndarray, points: np.ndarray, labels: np.ndarray, mask_logits: np.ndarray
+    ) -> Tuple[np.ndarray, np.ndarray]:
+        logits, iou = self._session.run(
+            None,
+            {
+                "embedding": np.ascontiguousarray(embedding, np.float32),
+                "points": np.ascontiguousarray(points, np.float32),
+                "labels": np.ascontiguousarray(labels, np.int64),
+                "mask_logits": np.ascontiguousarray(mask_logits, np.float32),
+            },
+        )
+        return logits, iou
+
+
 class OnnxPredictor:
     """The exported encoder and decoder behind the predictor protocol; the embedding is a numpy array.
 
@@ -76,32 +127,13 @@ class OnnxPredictor:
         missing = [name for name in (ENCODER_FILE, DECODER_FILE) if not (directory / name).is_file()]
         if missing:
             raise NotAnExport(directory, f"it lacks {' and '.join(missing)}")
-        ort = _import_onnxruntime()
-        requested = _requested_providers(providers, ort.get_available_providers())
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self._encoder = self._open(ort, directory / ENCODER_FILE, options, requested, ENCODER_INPUTS)
-        self._decoder = self._open(ort, directory / DECODER_FILE, options, requested, DECODER_INPUTS)
+        self._encoder = _session(directory / ENCODER_FILE, providers, ENCODER_INPUTS)
+        self._decoder = OnnxDecoder(directory, providers)
         self.providers: List[str] = self._encoder.get_providers()
-        if _CUDA in requested and _CUDA not in self.providers and providers != "auto":
-            raise DeviceUnavailable("cuda", "ONNX Runtime could not start CUDA: no usable NVIDIA GPU, or the CUDA or "
-                                    "cuDNN libraries are missing")
         self.device = "cuda" if _CUDA in self.providers else "cpu"
         self.label = f"{BACKENDS['onnx']} on {self.device}"
         self.metadata: Dict[str, str] = dict(self._encoder.get_modelmeta().custom_metadata_map)
         self.directory = directory
-
-    @staticmethod
-    def _open(ort, path: Path, options, providers: List[str], inputs: Tuple[str, ...]):
-        try:
-            session = ort.InferenceSession(str(path), options, providers=providers)
-        except Exception as error:  # onnxruntime raises its own exception types for unreadable models
-            reason = (str(error).splitlines() or [type(error).__name__])[0]
-            raise SAMMed3DError(f"{path} is not a readable ONNX model ({reason})") from None
-        found = tuple(item.name for item in session.get_inputs())
-        if found != inputs:
-            raise NotAnExport(path.parent, f"{path.name} has inputs {', '.join(found)}, not {', '.join(inputs)}")
-        return session
 
     def encode(self, image: np.ndarray) -> np.ndarray:
         (embedding,) = self._encoder.run(None, {"image": np.ascontiguousarray(image, np.float32)})
@@ -110,13 +142,4 @@ class OnnxPredictor:
     def decode(
         self, embedding: np.ndarray, points: np.ndarray, labels: np.ndarray, mask_logits: np.ndarray
     ) -> Tuple[np.ndarray, np.ndarray]:
-        logits, iou = self._decoder.run(
-            None,
-            {
-                "embedding": np.ascontiguousarray(embedding, np.float32),
-                "points": np.ascontiguousarray(points, np.float32),
-                "labels": np.ascontiguousarray(labels, np.int64),
-                "mask_logits": np.ascontiguousarray(mask_logits, np.float32),
-            },
-        )
-        return logits, iou
+        return self._decoder.decode(embedding, points, labels, mask_logits)

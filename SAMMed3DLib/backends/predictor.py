@@ -6,7 +6,8 @@ The session needs only this protocol, so the torch and ONNX Runtime backends (an
 
 from __future__ import annotations
 
-from typing import Any, Protocol, Tuple, Union
+from pathlib import Path
+from typing import Any, Optional, Protocol, Tuple, Union
 
 import numpy as np
 
@@ -15,7 +16,8 @@ from SAMMed3DLib.interactive.geometry import LOGITS_SIZE
 
 LOGITS_SHAPE = (1, 1) + (LOGITS_SIZE,) * 3
 DEVICES = ("auto", "cpu", "cuda", "mps")  # what users choose; "auto" picks the best the machine has
-BACKENDS = {"torch": "PyTorch", "onnx": "ONNX Runtime"}  # the names `load_predictor` takes -> what they run on
+# The names `load_predictor` takes -> what they run on.
+BACKENDS = {"torch": "PyTorch", "onnx": "ONNX Runtime", "remote": "remote server"}
 
 
 class Predictor(Protocol):
@@ -37,14 +39,20 @@ class Predictor(Protocol):
         0 exclude), mask_logits float32 [1,1,32,32,32] -> (logits float32 [1,1,32,32,32], iou float32 [1,1])."""
 
 
-def load_predictor(backend: str, model: Union[str, Any], device: str = "auto") -> Predictor:
+def load_predictor(
+    backend: str, model: Union[str, Any], device: str = "auto", server: Optional[str] = None,
+    token: Optional[str] = None,
+) -> Predictor:
     """A backend's predictor: "torch" reads a checkpoint file onto `device`, "onnx" an export folder with the ONNX
-    Runtime providers `device` asks for. The predictor's `device` and `label` say what it got."""
+    Runtime providers `device` asks for; "remote" encodes on the inference server at `server` (with the bearer
+    `token`, if given) and decodes on `device` with `model`'s decoder: an export folder or decoder.onnx on ONNX
+    Runtime, else a checkpoint file on torch. The predictor's `device` and `label` say what it got."""
+    if backend == "remote":
+        return _remote_predictor(model, device, server, token)
     if backend == "onnx":
         from SAMMed3DLib.backends.onnx_predictor import OnnxPredictor
 
-        if device == "mps":
-            raise SAMMed3DError("ONNX Runtime runs on the CPU or CUDA, not on Apple's mps device")
+        _onnx_device(device)
         return OnnxPredictor(model, providers=device)
     if backend != "torch":
         raise UnknownChoice("backend", backend, tuple(BACKENDS))
@@ -54,3 +62,28 @@ def load_predictor(backend: str, model: Union[str, Any], device: str = "auto") -
 
     torch_device = select_device(device)
     return TorchPredictor(load_sam_med3d(model, torch_device), torch_device)
+
+
+def _onnx_device(device: str) -> None:
+    if device == "mps":
+        raise SAMMed3DError("ONNX Runtime runs on the CPU or CUDA, not on Apple's mps device")
+
+
+def _remote_predictor(model: Union[str, Any], device: str, server: Optional[str], token: Optional[str]) -> Predictor:
+    from SAMMed3DLib.backends.remote_predictor import RemotePredictor
+
+    if not server:
+        raise SAMMed3DError("the remote server backend needs the server's URL")
+    if is_onnx_export(model):
+        _onnx_device(device)
+        return RemotePredictor(server, model, token, device=device)
+    from SAMMed3DLib.weights import sha256_of
+
+    decoder = load_predictor("torch", model, device)
+    return RemotePredictor(server, decoder, token, checkpoint_sha256=sha256_of(model))
+
+
+def is_onnx_export(model: Union[str, Any]) -> bool:
+    """Whether `model` names an ONNX export (a folder, or an .onnx file) rather than a checkpoint file."""
+    path = Path(model).expanduser()
+    return path.is_dir() or path.suffix == ".onnx"

@@ -58,13 +58,14 @@ class TorchPredictor:
             return self.model.encode(torch.from_numpy(np.ascontiguousarray(image, np.float32)).to(self.torch_device))
 
     def decode(
-        self, embedding: torch.Tensor, points: np.ndarray, labels: np.ndarray, mask_logits: np.ndarray
+        self, embedding: Any, points: np.ndarray, labels: np.ndarray, mask_logits: np.ndarray
     ) -> Tuple[np.ndarray, np.ndarray]:
+        """`embedding`: what `encode` returned, or a numpy array (an embedding from a server: the remote backend)."""
         import torch
 
         with torch.inference_mode():
             logits, iou = self.model.decode(
-                embedding,
+                torch.as_tensor(embedding, device=self.torch_device),
                 torch.from_numpy(np.ascontiguousarray(points, np.float32)).to(self.torch_device),
                 torch.from_numpy(np.ascontiguousarray(labels, np.int64)).to(self.torch_device),
                 torch.from_numpy(np.ascontiguousarray(mask_logits, np.float32)).to(self.torch_device),

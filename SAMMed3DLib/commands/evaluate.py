@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import List
 
 from SAMMed3DLib.commands import _common
-from SAMMed3DLib.commands._common import add_model_arguments
+from SAMMed3DLib.commands._common import add_model_arguments, positive_int
 from SAMMed3DLib.commands.messages import plural
 from SAMMed3DLib.errors import OutputIsInput, SAMMed3DError
 from SAMMed3DLib.evaluation.clicks import PROTOCOLS
@@ -47,17 +47,11 @@ def _label_list(text: str) -> List[int]:
     return values
 
 
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: need a whole number >= 1")
-    return int(text)
-
-
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", required=True, type=Path, metavar="DIR", help="folder of images")
     parser.add_argument("--labels", required=True, type=Path, metavar="DIR", help="folder of label images")
     parser.add_argument("--output", required=True, type=Path, metavar="DIR", help="folder for the results")
-    parser.add_argument("--clicks", type=_positive, default=10, metavar="N", help="clicks per object (default: 10)")
+    parser.add_argument("--clicks", type=positive_int, default=10, metavar="N", help="clicks per object (default: 10)")
     parser.add_argument("--protocol", choices=PROTOCOLS, default="random",
                         help="click simulation (default: random, the paper's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the click simulation (default: 0)")

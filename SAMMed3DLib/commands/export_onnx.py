@@ -17,12 +17,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from SAMMed3DLib.commands._common import add_checkpoint_argument
+
 HELP = "export a checkpoint to ONNX (encoder.onnx, decoder.onnx) for ONNX Runtime"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, metavar="PATH_OR_NAME",
-                        help="a checkpoint file, or a name from `sammed3d weights list` (downloaded on first use)")
+    add_checkpoint_argument(parser)
     parser.add_argument("--output", required=True, metavar="DIR", type=Path,
                         help="folder for encoder.onnx and decoder.onnx (created if needed)")
 

@@ -49,4 +49,30 @@ def terminal_message(error: BaseException) -> str:
         return f"case {error.case}: {terminal_message(error.cause)}"
     if isinstance(error, errors.InvalidChecksum):
         return f"--sha256 {facts}"
+    if isinstance(error, errors.ServerError):
+        return _server_message(error, facts)
+    return facts
+
+
+def _server_message(error: errors.ServerError, facts: str) -> str:
+    if isinstance(error, errors.ServerUnreachable):
+        return f"{facts}; check --server and that the server runs (`sammed3d serve` or Triton)"
+    if isinstance(error, errors.NotAV2Server):
+        return f"{facts}; --server takes the address of `sammed3d serve`, Triton or KServe, like http://HOST:8000"
+    if isinstance(error, errors.ServerNotReady):
+        return f"{facts}; try again when it has loaded"
+    if isinstance(error, errors.ModelMissing):
+        return f"{facts}; serve the encoder there with `sammed3d serve` or `sammed3d export-triton`"
+    if isinstance(error, errors.AccessDenied):
+        if error.status == 403:
+            return f"{facts}; ask the server's administrator for access"
+        return f"{facts}; give the server's token with --token-file FILE"
+    if isinstance(error, errors.TLSVerificationFailed):
+        return (f"{facts}; if the server's certificate authority is your own, set SSL_CERT_FILE to its certificate "
+                "file, and use the host name the certificate names")
+    if isinstance(error, errors.InsecureToken):
+        return f"{facts}; use the server's https:// address in --server"
+    if isinstance(error, errors.CheckpointMismatch):
+        return (f"{facts}; give --checkpoint the decoder of the server's checkpoint (`sammed3d export-onnx "
+                "--checkpoint THAT_CHECKPOINT --output DIR`)")
     return facts

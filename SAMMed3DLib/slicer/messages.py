@@ -38,4 +38,33 @@ def user_message(error: BaseException) -> str:
                 "or choose the PyTorch backend.")
     if isinstance(error, errors.UnknownChoice):
         return f"{facts}. Check the choices in {MODULE}."
+    if isinstance(error, errors.ServerError):
+        return _server_message(error, facts)
+    return facts + "."
+
+
+def _server_message(error: errors.ServerError, facts: str) -> str:
+    """The remote server backend's errors: the server's URL, token and the local decoder are set in the module."""
+    if isinstance(error, errors.ServerUnreachable):
+        return (f"{facts}. Check the server URL in {MODULE} and that the server is running, then click "
+                "'Test connection'.")
+    if isinstance(error, errors.NotAV2Server):
+        return (f"{facts}. Enter the address of the SAM-Med3D encoder server (like http://HOST:8000) in {MODULE}.")
+    if isinstance(error, errors.ServerNotReady):
+        return f"{facts}. Wait until the server has loaded the model, then click 'Test connection' in {MODULE}."
+    if isinstance(error, errors.ModelMissing):
+        return (f"{facts}. Ask the server's administrator to serve the SAM-Med3D encoder there, or enter another "
+                f"server in {MODULE}.")
+    if isinstance(error, errors.AccessDenied):
+        if error.status == 403:
+            return f"{facts}. Ask the server's administrator for access."
+        return f"{facts}. Enter the server's token in {MODULE}."
+    if isinstance(error, errors.TLSVerificationFailed):
+        return (f"{facts}. Enter the server's address with the host name its certificate names; if your institution "
+                "signs its own certificates, add its certificate authority to this computer's trusted certificates.")
+    if isinstance(error, errors.InsecureToken):
+        return f"{facts}. Enter the server's https:// address in {MODULE}."
+    if isinstance(error, errors.CheckpointMismatch):
+        return (f"{facts}. Choose the decoder exported from the checkpoint the server uses in {MODULE}, or a server "
+                "that encodes with this one.")
     return facts + "."

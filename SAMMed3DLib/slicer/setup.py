@@ -28,8 +28,12 @@ REQUIREMENTS = {
     "onnxruntime": "onnxruntime>=1.17",
     "safetensors": "safetensors>=0.4",
     "torch": "torch>=2.5",  # torch.serialization.safe_globals, for weights_only loading with an allow-list
+    # The remote backend's client. Its gevent has wheels for Python 3.9 only in older releases: install with pip's
+    # --prefer-binary there, or pip builds the newest from source.
+    "tritonclient": "tritonclient[http]>=2.40",
 }
-_NEEDS = {"torch": ("torch", "scipy", "safetensors"), "onnx": ("onnxruntime", "scipy")}
+_NEEDS = {"torch": ("torch", "scipy", "safetensors"), "onnx": ("onnxruntime", "scipy"),
+          "remote": ("onnxruntime", "tritonclient", "scipy")}
 TORCH_REQUIREMENT = REQUIREMENTS["torch"][len("torch"):]
 MINIMUM_TORCH = tuple(int(part) for part in TORCH_REQUIREMENT.lstrip(">=").split("."))
 
