@@ -131,7 +131,7 @@ def test_a_server_with_another_checkpoint_is_refused_in_one_line(encoder_server,
     volume = tmp_path / "box.nrrd"
     sitk.WriteImage(sitk.GetImageFromArray(bright_box()[0]), str(volume))
     assert main(["predict", str(volume), "--checkpoint", str(other_export), "--backend", "remote", "--server",
-                 encoder_server, "--point", "40", "40", "20", "--output", str(tmp_path / "m.nrrd")]) == 2
+                 encoder_server, "--ijk", "--point", "40", "40", "20", "--output", str(tmp_path / "m.nrrd")]) == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("sammed3d predict: error: the server at ") and "sammed3d export-onnx" in line
     assert not (tmp_path / "m.nrrd").exists()
@@ -146,8 +146,8 @@ def test_a_server_with_another_checkpoint_is_refused_in_one_line(encoder_server,
 def test_remote_options_are_checked_in_one_line(tiny_export, tmp_path, capsys, arguments, expected):
     volume = tmp_path / "box.nrrd"
     sitk.WriteImage(sitk.GetImageFromArray(bright_box()[0]), str(volume))
-    assert main(["predict", str(volume), "--checkpoint", str(tiny_export), *arguments, "--point", "40", "40", "20",
-                 "--output", str(tmp_path / "m.nrrd")]) == 2
+    assert main(["predict", str(volume), "--checkpoint", str(tiny_export), *arguments, "--ijk",
+                 "--point", "40", "40", "20", "--output", str(tmp_path / "m.nrrd")]) == 2
     assert capsys.readouterr().err == f"sammed3d predict: error: {expected}\n"
 
 
