@@ -69,6 +69,7 @@ class Prediction:
 class _Roi:
     frame: PatchFrame
     logits: np.ndarray  # float32 (1,1,32,32,32): this ROI's latest round, the next round's mask prompt
+    pasted: int = -1  # when these logits were pasted (the session's paste count), so pastes can be repeated in order
 
 
 @dataclass
@@ -133,6 +134,7 @@ class InteractiveSession:
         self._clicks: Tuple[Click, ...] = ()
         self._history: List[_Step] = []
         self._embeddings: OrderedDict[PatchFrame, Any] = OrderedDict()  # survives undo and reset; see the docstring
+        self._pastes = 0
 
     @property
     def clicks(self) -> Tuple[Click, ...]:
@@ -149,6 +151,14 @@ class InteractiveSession:
         view = self._mask.view()
         view.flags.writeable = False
         return view
+
+    def mask_above(self, logit: float) -> np.ndarray:
+        """A new K,J,I uint8 mask of where the ROIs' newest logits, pasted in the same order, exceed `logit` instead
+        of 0 (`mask_above(0)` equals the live mask): the paper's click simulation, for one, reads logits > 0.5."""
+        mask = self._initial.copy()
+        for roi in sorted(self._rois, key=lambda roi: roi.pasted):
+            paste_mask(self.volume, roi.frame, roi.logits[0, 0] - np.float32(logit), mask)
+        return mask
 
     def add_click(self, ras_xyz, positive: bool = True) -> Prediction:
         """Segment with one more click at a RAS point (mm); ValueError if it lies outside the volume."""
@@ -265,7 +275,8 @@ class InteractiveSession:
             logits, _ = self.predictor.decode(embedding, point, label, logits)
             timings["decode"] += time.perf_counter() - started
         logits = np.asarray(logits, dtype=np.float32).reshape(1, 1, LOGITS_SIZE, LOGITS_SIZE, LOGITS_SIZE)
-        rois[index] = _Roi(roi.frame, logits)
+        self._pastes += 1
+        rois[index] = _Roi(roi.frame, logits, self._pastes)
         started = time.perf_counter()
         region = frame_region(self.volume, roi.frame)
         step.overwritten.append((region, self._mask[region].copy()))
