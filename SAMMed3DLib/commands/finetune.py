@@ -56,8 +56,9 @@ def run(args: argparse.Namespace) -> int:
     from SAMMed3DLib.errors import MissingPackages
 
     MissingPackages.require("fine-tuning", "train", "torch", "safetensors")
+    from SAMMed3DLib import distributed
     from SAMMed3DLib.commands._common import download_progress
-    from SAMMed3DLib.train import distributed
+    from SAMMed3DLib.train import choose_device
     from SAMMed3DLib.train.loop import LATEST, TrainConfig, train
 
     for name in ("epochs", "batch_size", "accumulation_steps"):
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         max_steps=args.max_steps, batch_size=args.batch_size, accumulation_steps=args.accumulation_steps,
         lr=args.lr, device=args.device, seed=args.seed, num_workers=args.num_workers, resume=args.resume,
     )
-    context = distributed.setup(args.device)
+    context = distributed.setup(choose_device(args.device))
     try:
         summary = train(config, context, on_download=download_progress())
     finally:
