@@ -140,3 +140,20 @@ class OtherRun(SAMMed3DError):
     def __init__(self, folder: Path, changed: Sequence[str]) -> None:
         self.folder, self.changed = Path(folder), tuple(changed)
         super().__init__(f"{folder} holds results of a run with other settings ({', '.join(self.changed)} differ)")
+
+
+class CaseFailed(SAMMed3DError):
+    """Process `rank` of a run on several processes could not evaluate the case `case`, for `cause`."""
+
+    def __init__(self, rank: int, case: str, cause: BaseException) -> None:
+        self.rank, self.case, self.cause = rank, case, cause
+        super().__init__(f"rank {rank}, case {case}: {describe(cause)}")
+
+
+def describe(error: BaseException) -> str:
+    """An error in one line: its message's first line; the type's name first unless it is one of ours."""
+    lines = str(error).strip().splitlines()
+    text = lines[0] if lines else ""
+    if isinstance(error, SAMMed3DError):
+        return text
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

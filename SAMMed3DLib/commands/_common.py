@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Optional
+from pathlib import Path
+from typing import Optional, Union
 
 from SAMMed3DLib.backends.predictor import BACKENDS, DEVICES, Predictor, load_predictor
 from SAMMed3DLib.interactive.preprocess import MODALITY_CHOICES
@@ -28,10 +29,17 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_predictor(args: argparse.Namespace) -> Predictor:
     """The predictor the options ask for; a user error (missing file, not a checkpoint) raises SAMMed3DError."""
+    return load_predictor(args.backend, resolve_model(args), args.device)
+
+
+def resolve_model(args: argparse.Namespace, progress: bool = True) -> Union[str, Path]:
+    """What `--checkpoint` names for the backend: the checkpoint file (downloaded first if it is a registry name
+    not yet cached), or the ONNX export's folder as given."""
     from SAMMed3DLib import weights
 
-    model = args.checkpoint if args.backend == "onnx" else weights.resolve(args.checkpoint, download_progress())
-    return load_predictor(args.backend, model, args.device)
+    if args.backend == "onnx":
+        return args.checkpoint
+    return weights.resolve(args.checkpoint, download_progress() if progress else None)
 
 
 def download_progress(description: str = "download") -> Progress:

@@ -33,4 +33,8 @@ def terminal_message(error: BaseException) -> str:
         return f"--output {facts}; use another --output folder or delete this one"
     if isinstance(error, errors.InvalidChecksum):
         return f"--sha256 {facts}"
+    if isinstance(error, errors.CaseFailed):
+        cause = error.cause
+        detail = terminal_message(cause) if isinstance(cause, errors.SAMMed3DError) else errors.describe(cause)
+        return f"rank {error.rank}, case {error.case}: {detail}"
     return facts

@@ -13,6 +13,8 @@ from typing import Sequence, Tuple
 
 import numpy as np
 
+from SAMMed3DLib.interactive.geometry import bounding_box
+
 
 def _pair(prediction: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     prediction, truth = np.asarray(prediction) > 0, np.asarray(truth) > 0
@@ -82,8 +84,7 @@ def nsd(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float], tol
     if not (has_prediction and has_truth):
         return 0.0
     spacing = tuple(float(s) for s in spacing)
-    union = np.argwhere(prediction | truth)
-    box = tuple(slice(lo, hi + 1) for lo, hi in zip(union.min(axis=0), union.max(axis=0)))
+    box = bounding_box(prediction | truth)
     areas = surfel_areas(spacing)
     codes_p, codes_t = _neighbour_codes(prediction[box]), _neighbour_codes(truth[box])
     surface_p, surface_t = (codes_p != 0) & (codes_p != 255), (codes_t != 0) & (codes_t != 255)

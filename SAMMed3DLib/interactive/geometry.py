@@ -270,6 +270,25 @@ def frame_region(volume: Volume, frame: PatchFrame) -> Region:
     return tuple(region)
 
 
+def bounding_box(mask: np.ndarray) -> Optional[Region]:
+    """The smallest box (slices in the array's axis order) holding every True voxel of a 3D mask; None if none."""
+    box = []
+    for axis in range(3):
+        present = np.flatnonzero(np.asarray(mask).any(axis=tuple(a for a in range(3) if a != axis)))
+        if len(present) == 0:
+            return None
+        box.append(slice(int(present[0]), int(present[-1]) + 1))
+    return tuple(box)
+
+
+def union_region(regions) -> Region:
+    """The smallest box holding all given regions, empty ones left out (empty slices if none is left)."""
+    regions = [r for r in regions if all(s.stop > s.start for s in r)]
+    if not regions:
+        return (slice(0, 0), slice(0, 0), slice(0, 0))
+    return tuple(slice(min(r[a].start for r in regions), max(r[a].stop for r in regions)) for a in range(3))
+
+
 def interior_voxel(region: np.ndarray, spacing: Optional[Tuple[float, float, float]] = None) -> Tuple[int, int, int]:
     """The voxel of a 3D mask farthest from its border (the array's edge counts as border; in mm with `spacing`,
     in the array's axis order); the first such voxel in C order on ties."""

@@ -29,6 +29,7 @@ from SAMMed3DLib.interactive.geometry import (
     frame_region,
     interior_voxel,
     patch_frame,
+    union_region,
 )
 from SAMMed3DLib.interactive.preprocess import chosen_modality, prepare_patch
 from SAMMed3DLib.interactive.resample import paste_mask, resample_into
@@ -179,7 +180,7 @@ class InteractiveSession:
         while len(self._history) > 1 and sum(old.nbytes for old in self._history) > UNDO_BYTES:
             self._history.pop(0)
         timings["total"] = time.perf_counter() - start
-        return Prediction(self.mask, _union(region for region, _ in step.overwritten), timings, len(self._rois))
+        return Prediction(self.mask, union_region(region for region, _ in step.overwritten), timings, len(self._rois))
 
     def undo(self) -> Optional[Prediction]:
         """Return to the state before the last click, exactly; None if there is nothing to undo. The history keeps
@@ -188,11 +189,11 @@ class InteractiveSession:
             return None
         step = self._history.pop()
         self._restore(step)
-        return Prediction(self.mask, _union(region for region, _ in step.overwritten), {}, len(self._rois))
+        return Prediction(self.mask, union_region(region for region, _ in step.overwritten), {}, len(self._rois))
 
     def reset(self) -> Prediction:
         """Forget all clicks and ROIs (not the cached embeddings); the mask returns to its initial value."""
-        changed = _union(frame_region(self.volume, roi.frame) for roi in self._rois)
+        changed = union_region(frame_region(self.volume, roi.frame) for roi in self._rois)
         self._mask[...] = self._initial
         self._rois, self._clicks, self._history = (), (), []
         return Prediction(self.mask, changed, {}, 0)
@@ -341,10 +342,3 @@ def _interior_point(mask: np.ndarray, patch_size: int) -> Optional[np.ndarray]:
 def _within(inner: slice, outer: slice) -> bool:
     return inner.stop <= inner.start or (outer.start <= inner.start and inner.stop <= outer.stop)
 
-
-def _union(regions) -> Region:
-    """The smallest K,J,I box holding all given regions (empty slices if none)."""
-    regions = [r for r in regions if all(s.stop > s.start for s in r)]
-    if not regions:
-        return (slice(0, 0), slice(0, 0), slice(0, 0))
-    return tuple(slice(min(r[a].start for r in regions), max(r[a].stop for r in regions)) for a in range(3))
