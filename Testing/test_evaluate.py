@@ -6,7 +6,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -310,3 +313,61 @@ def test_summary_noc_best_dice_and_the_challenges_numbers_by_hand():
     assert summary["cvpr25"]["dsc_auc"]["mean"] == pytest.approx((a["dsc_auc"] + table["b"]["dsc_auc"]) / 2)
     assert summary["cvpr25"]["over_time_limit"] == 0
     assert summary["per_label"]["2"]["cvpr25"]["final_nsd"]["mean"] == 0.0  # label 2 alone: Dice 0.1 at the end
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_evaluate(arguments: list, processes: int = 1) -> subprocess.CompletedProcess:
+    """`sammed3d evaluate` in one process, or under torchrun in `processes` gloo processes (one thread each)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    launcher = [sys.executable]
+    if processes > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+    command = [*launcher, "-m", "SAMMed3DLib.cli", "evaluate", *arguments, "--device", "cpu"]
+    return subprocess.run(command, capture_output=True, encoding="utf-8", cwd=REPO, env=env, timeout=300)
+
+
+def without_time(path: Path) -> list:
+    return [{k: v for k, v in row.items() if "seconds" not in k} for row in read_csv(path)]
+
+
+def test_torchrun_two_processes_give_the_rows_of_one_resume_and_stop_at_a_failing_case(tiny_checkpoint, tmp_path):
+    """Two gloo processes share the cases (rank 1 takes the 2nd and 4th); rank 0 merges: metrics.csv and the
+    challenge's table equal a one-process run's but for the time columns. Resuming under torchrun evaluates only the
+    missing cases. A case that fails stops the run with one line that names the rank and the case."""
+    for i in range(4):
+        synthetic_case(tmp_path / "data", f"case{i}", i)
+    data = ["--images", str(tmp_path / "data" / "images"), "--labels", str(tmp_path / "data" / "labels"),
+            "--checkpoint", str(tiny_checkpoint), "--protocol", "cvpr25", "--clicks", "3"]
+    alone = run_evaluate([*data, "--output", str(tmp_path / "one")])
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    assert "CVPR 2025 means: dsc_auc" in alone.stdout
+    shared = run_evaluate([*data, "--output", str(tmp_path / "two")], processes=2)
+    assert shared.returncode == 0, shared.stderr[-3000:]
+    assert shared.stdout.count("4 cases; mean Dice") == 1  # only rank 0 reports
+    for name in ("metrics.csv", "cvpr25_cases.csv"):
+        assert without_time(tmp_path / "two" / name) == without_time(tmp_path / "one" / name)
+    table = read_csv(tmp_path / "two" / "cvpr25_cases.csv")
+    assert [r["case"] for r in table] == [f"case{i}" for i in range(4)] and {r["labels"] for r in table} == {"2"}
+    assert all(0 <= float(r["dsc_auc"]) <= 2 and float(r["seconds_per_step"]) > 0 for r in table)  # 3 steps: AUC <= 2
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text(encoding="utf-8"))
+    expected = np.mean([float(r["final_nsd"]) for r in table])
+    assert summary["cvpr25"]["final_nsd"]["mean"] == pytest.approx(expected, abs=1e-6)
+
+    cases = tmp_path / "two" / "cases"
+    kept = {name: (cases / f"{name}.csv").stat().st_mtime_ns for name in ("case0", "case3")}
+    for name in ("case1", "case2", "../metrics.csv"):
+        (cases / f"{name}.csv" if not name.startswith("..") else tmp_path / "two" / "metrics.csv").unlink()
+    resumed = run_evaluate([*data, "--output", str(tmp_path / "two")], processes=2)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert {name: (cases / f"{name}.csv").stat().st_mtime_ns for name in kept} == kept
+    assert without_time(tmp_path / "two" / "metrics.csv") == without_time(tmp_path / "one" / "metrics.csv")
+
+    (tmp_path / "data" / "labels" / "case1.nrrd").write_bytes(b"not an image")  # rank 1's first case
+    failed = run_evaluate([*data, "--output", str(tmp_path / "three")], processes=2)
+    ours = [line for line in failed.stderr.splitlines() if line.startswith("sammed3d evaluate:")]
+    assert failed.returncode != 0 and len(ours) == 1, failed.stderr[-3000:]
+    assert ours[0].startswith("sammed3d evaluate: error: rank 1, case case1: cannot read ") and "case1.nrrd" in ours[0]
+    assert "runner.py" not in failed.stderr  # no traceback of ours
+    assert not (tmp_path / "three" / "metrics.csv").exists()
