@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -12,6 +13,8 @@ from pathlib import Path
 import pytest
 
 PYRADIOMICS = "pyradiomics-bhklab==3.1.4"
+MRICRON = "mricron-data"  # Debian's package of MRIcron's templates and atlases
+MRICRON_FILES = ("aal.nii.gz", "aal.nii.txt", "ch2.nii.gz")
 
 
 def _test_data_cache() -> Path:
@@ -37,4 +40,28 @@ def pyradiomics_data() -> Path:
                     if "/data/" in member.name and member.name.endswith(".nrrd"):
                         member.name = Path(member.name).name
                         tar.extract(member, target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def mricron_templates() -> Path:
+    """Folder with the AAL atlas on the MNI template of Debian's mricron-data (`aal.nii.gz`, its names
+    `aal.nii.txt`, the template `ch2.nii.gz`), fetched with `apt-get download` and unpacked with `dpkg -x` once.
+    Skips with the reason where apt cannot fetch it (no apt, no Debian archive reachable)."""
+    target = _test_data_cache() / "mricron"
+    if not all((target / name).exists() for name in MRICRON_FILES):
+        missing = [tool for tool in ("apt-get", "dpkg") if shutil.which(tool) is None]
+        if missing:
+            pytest.skip(f"{' and '.join(missing)} not found: the AAL atlas comes from Debian's {MRICRON} package")
+        with tempfile.TemporaryDirectory() as download:
+            fetched = subprocess.run(["apt-get", "download", MRICRON], cwd=download, capture_output=True,
+                                     encoding="utf-8")
+            packages = list(Path(download).glob("*.deb"))
+            if fetched.returncode != 0 or not packages:
+                reason = (fetched.stderr.strip().splitlines() or ["no .deb file"])[-1]
+                pytest.skip(f"apt-get download {MRICRON} failed: {reason}")
+            subprocess.run(["dpkg", "-x", str(packages[0]), str(Path(download) / "x")], check=True)
+            target.mkdir(parents=True, exist_ok=True)
+            for name in MRICRON_FILES:
+                shutil.copyfile(Path(download) / "x" / "usr" / "share" / "mricron" / "templates" / name, target / name)
     return target
