@@ -247,7 +247,7 @@ def replayed_clicks(volume, truth: np.ndarray, protocol: str, rng, count: int):
     threshold = PROTOCOLS[protocol].logit_threshold if isinstance(protocol, str) else protocol[1]
     name = protocol if isinstance(protocol, str) else protocol[0]
     for number in range(1, count + 1):
-        click = next_click(name, number, truth, seen, rng, tuple(volume.spacing[::-1]))
+        click = next_click(name, number, truth, seen, rng)
         if click is not None:
             session.add_click(volume.ijk_to_ras_points(np.array(click.index[::-1], float))[0], click.positive)
         placed.append(None if click is None else (int(click.positive), *click.index[::-1]))

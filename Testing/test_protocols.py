@@ -41,8 +41,7 @@ def as_list(click):
 
 
 def sequence(protocol: str, truth, given, rng, rule=None):
-    """Clicks 1..5 of a protocol on the given predictions (PAPER_SEQUENCE), drawn from one stream, in voxel units
-    (the reference's 1.5 mm crops are isotropic; our runner passes the spacing)."""
+    """Clicks 1..5 of a protocol on the given predictions (PAPER_SEQUENCE), drawn from one stream."""
     placed = []
     for number, name in enumerate(PAPER_SEQUENCE, 1):
         if rule is None:
@@ -80,8 +79,8 @@ def test_the_challenges_clicks_equal_cvpr25_iter_eval_on_real_labels(cases):
     for name, truth, _, given, record in cases:
         for label, prediction in given.items():
             assert as_list(clicks.centre_click(truth, prediction)) == record["cvpr25"][label], (name, label)
-        empty = clicks.squared_depth(truth)  # the first click: the centre of the largest ground-truth component
-        ties += int((empty == empty.max()).sum() > 1)
+        _, depth = clicks.boxed_depth(truth)  # the first click: the centre of the largest ground-truth component
+        ties += int((depth == depth.max()).sum() > 1)
     assert ties >= 5  # the seeded tie-break among equally deep voxels was exercised
 
 

@@ -12,10 +12,11 @@ Rules (FN: false negatives, FP: false positives; before the first click the pred
 - "random": a voxel drawn uniformly from FN | FP (enumerated in C order, one `rng.randint(n)`), positive iff in FN.
 - "ritm": the region (FN or FP) whose deepest voxel lies deeper (farther from the region's border; the array's edge
   is border), a tie going to FP; a voxel drawn uniformly from those deeper than half that depth; positive iff FN.
-  Depth in mm when the grid is anisotropic (the reference runs on a 1.5 mm isotropic crop, where voxels are mm).
 - "centre": the largest 26-connected component of FN | FP (the first in C order on a tie); its deepest voxel in
   voxel units, a tie broken by `RandomState(42).randint(n)` over the tied voxels in C order; positive iff in FN.
   Component boxes over 60M voxels with padding take the challenge's 2x-downsampled depth.
+Depth is measured in voxels of the grid the rule sees, as both references measure it (the paper's grid is a 1.5 mm
+isotropic crop, the challenge's the image's own grid); squared depths are integers, so every comparison is exact.
 When the prediction equals the truth there is nothing to correct and every rule returns None (no click), as the
 challenge does; the paper's script stops with an error there and the current reference clicks anyway.
 
@@ -28,8 +29,9 @@ without them SciPy computes the same values.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 from scipy import ndimage
@@ -67,9 +69,6 @@ PROTOCOLS = {
 }
 CENTRE_SEED = 42  # the challenge re-seeds numpy with 42 before each tie-break
 LARGE_BOX_VOXELS = 60_000_000  # the challenge downsamples the depth of a component whose padded box is larger
-# Squared depths within a relative 1e-9 of each other are tied: on the integers of isotropic grids (below 1e9) this is
-# exact comparison, and mm depths that are equal in exact arithmetic but not in floating point count as equal.
-_TIED = 1 + 1e-9
 
 
 @dataclass(frozen=True)
@@ -86,11 +85,10 @@ def next_click(
     truth: Any,
     prediction: Any = None,
     rng: Optional[np.random.RandomState] = None,
-    spacing: Optional[Sequence[float]] = None,
 ) -> Optional[SimulatedClick]:
     """Click `number` (1-based) of `protocol` on one 3D mask pair; `prediction` is what the protocol's rules see
-    (logits > `Protocol.logit_threshold`), None before the first click. `spacing` (mm, the masks' axis order) only
-    matters for "ritm"; "random" and "ritm" draw from `rng`. None: the prediction is already perfect."""
+    (logits > `Protocol.logit_threshold`), None before the first click; "random" and "ritm" draw from `rng`.
+    None: the prediction is already perfect."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown click protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
     if number < 1:
@@ -102,7 +100,7 @@ def next_click(
     if rng is None:
         raise ValueError(f"the {rule} rule draws from a numpy RandomState (rng), got None")
     if rule == "ritm":
-        return ritm_click(truth, prediction, rng, spacing)
+        return ritm_click(truth, prediction, rng)
     return random_click(truth, prediction, rng)
 
 
@@ -120,55 +118,48 @@ def random_click(truth: np.ndarray, prediction: Optional[np.ndarray], rng: Rando
     return SimulatedClick(_shift(index, box), bool(false_negative[index]))
 
 
-def ritm_click(
-    truth: np.ndarray, prediction: Optional[np.ndarray], rng: Random, spacing: Optional[Sequence[float]] = None
-) -> Optional[SimulatedClick]:
+def ritm_click(truth: np.ndarray, prediction: Optional[np.ndarray], rng: Random) -> Optional[SimulatedClick]:
     """The "ritm" rule (module docstring)."""
     truth, prediction = _masks(truth, prediction)
     box = bounding_box(truth | prediction)
     if box is None:
         return None
     false_negative, false_positive = _errors(truth[box], prediction[box])
-    depth_fn, depth_fp = squared_depth(false_negative, spacing), squared_depth(false_positive, spacing)
-    deepest_fn, deepest_fp = depth_fn.max(), depth_fp.max()
-    if deepest_fn == 0 and deepest_fp == 0:
+    (fn_box, fn_depth), (fp_box, fp_depth) = boxed_depth(false_negative), boxed_depth(false_positive)
+    deepest_fn = fn_depth.max() if fn_box is not None else 0.0
+    deepest_fp = fp_depth.max() if fp_box is not None else 0.0
+    if fn_box is None and fp_box is None:
         return None
-    chosen = depth_fn if deepest_fn > deepest_fp * _TIED else depth_fp  # a tie goes to the false positives
-    index = _draw(4 * chosen > max(deepest_fn, deepest_fp) * _TIED, rng)  # depth > deepest / 2, on squares
+    region, depth = (fn_box, fn_depth) if deepest_fn > deepest_fp else (fp_box, fp_depth)  # a tie goes to FP
+    index = _shift(_draw(depth > max(deepest_fn, deepest_fp) / 4, rng), region)  # depth > deepest / 2, squared
     return SimulatedClick(_shift(index, box), bool(false_negative[index]))
 
 
 def centre_click(truth: np.ndarray, prediction: Optional[np.ndarray]) -> Optional[SimulatedClick]:
     """The "centre" rule (module docstring)."""
     truth, prediction = _masks(truth, prediction)
-    box = bounding_box(truth ^ prediction)
+    error = truth ^ prediction
+    box = bounding_box(error)
     if box is None:
         return None
-    truth = truth[box]
-    labels, count = components_26(truth ^ prediction[box])
+    labels, count = components_26(error[box])
     sizes = np.bincount(labels.ravel(), minlength=count + 1)
     sizes[0] = 0
-    component = labels == int(np.argmax(sizes))  # argmax: the lowest label, i.e. the first in C order, on a tie
-    depth = _centre_depth(component)
-    if depth.max() == 0:  # only in the downsampled depth of a thin component: the challenge then takes any voxel
-        depth = component.astype(np.int64)
-    candidates = np.flatnonzero(depth == depth.max())
-    chosen = candidates[np.random.RandomState(CENTRE_SEED).randint(len(candidates))]
-    index = tuple(int(i) for i in np.unravel_index(chosen, depth.shape))
-    return SimulatedClick(_shift(index, box), bool(truth[index]))
+    largest = int(np.argmax(sizes))  # the lowest label, i.e. the first component in C order, on a tie
+    inner = ndimage.find_objects(labels, largest)[largest - 1]
+    index = _draw(_deepest(labels[inner] == largest), np.random.RandomState(CENTRE_SEED))
+    index = _shift(_shift(index, inner), box)
+    return SimulatedClick(index, bool(truth[index]))
 
 
-def squared_depth(mask: np.ndarray, spacing: Optional[Sequence[float]] = None) -> np.ndarray:
-    """Squared distance from every voxel of `mask` to the nearest voxel outside it, the array's edge counting as
-    outside; 0 outside the mask. Exact integers in voxel units when `spacing` is None or isotropic (the rules only
-    compare depths, so the scale does not matter), else float64 mm² from SciPy (the same with or without `edt`)."""
-    mask = np.asarray(mask, dtype=bool)
-    if not mask.any():
-        return np.zeros(mask.shape, np.int64)
-    if spacing is not None and not _isotropic(spacing):
-        distance = ndimage.distance_transform_edt(np.pad(mask, 1), sampling=tuple(float(s) for s in spacing))
-        return np.square(distance[1:-1, 1:-1, 1:-1])
-    return _squared_voxel_depth(mask, edge_is_outside=True)
+def boxed_depth(mask: np.ndarray) -> Tuple[Optional[Region], np.ndarray]:
+    """The box around `mask` (None if it is empty) and, on it, the squared distance in voxels from every voxel of
+    the mask to the nearest voxel outside it, the array's edge counting as outside (so does the box's edge, beyond
+    which there is no mask); 0 outside the mask. Whole numbers in a float array (exact: all are below 2^24)."""
+    box = bounding_box(mask)
+    if box is None:
+        return None, np.zeros((0, 0, 0), np.float32)
+    return box, _squared_voxel_depth(np.asarray(mask)[box], edge_is_outside=True)
 
 
 def components_26(mask: np.ndarray) -> Tuple[np.ndarray, int]:
@@ -188,31 +179,35 @@ def _squared_voxel_depth(mask: np.ndarray, edge_is_outside: bool) -> np.ndarray:
         distance = ndimage.distance_transform_edt(np.pad(mask, 1) if edge_is_outside else mask)
         if edge_is_outside:
             distance = distance[1:-1, 1:-1, 1:-1]
-        return np.rint(np.square(distance)).astype(np.int64)
-    squared = edt.edtsq(np.ascontiguousarray(mask, np.uint8), black_border=edge_is_outside, parallel=1)
-    return np.rint(squared).astype(np.int64)  # float32 holds these integers exactly (below 2^24)
+        return np.rint(np.square(distance, out=distance), out=distance)
+    threads = int(os.environ.get("OMP_NUM_THREADS", "0")) or os.cpu_count() or 1  # torchrun sets 1 per process
+    return edt.edtsq(np.ascontiguousarray(mask, np.uint8), black_border=edge_is_outside, parallel=threads)
 
 
-def _centre_depth(component: np.ndarray) -> np.ndarray:
-    """The challenge's depth of a component, squared: exact below `LARGE_BOX_VOXELS`; above, as the challenge
-    computes it: the maximum of 2x2x2 blocks of the padded box (aligned to its first voxel, zero-filled to even
-    sizes), the depth on that coarse grid with its edge not counting as outside, repeated 2x per axis."""
-    box = bounding_box(component)
-    shape = np.array([s.stop - s.start for s in box])
-    padding = np.maximum((shape * 0.25).astype(int), 1)  # the challenge's 25% margin, only for the size test
+def _deepest(component: np.ndarray) -> np.ndarray:
+    """Where the challenge's depth of a component (filling its box) is largest: the exact depth if the box padded by
+    the challenge's 25% margin has at most `LARGE_BOX_VOXELS`; above, the challenge's approximation: the maximum of
+    2x2x2 blocks of the padded box (aligned to its first voxel, zero-filled to even sizes), the depth on that coarse
+    grid with its edge not counting as outside, each coarse value standing for its block. If that depth is 0
+    everywhere, the whole component."""
+    shape = np.array(component.shape)
+    padding = np.maximum((shape * 0.25).astype(int), 1)
     padded = shape + 2 * padding
-    depth = np.zeros(component.shape, np.int64)
     if int(np.prod(padded)) <= LARGE_BOX_VOXELS:
-        depth[box] = _squared_voxel_depth(component[box], edge_is_outside=True)
-        return depth
-    even = padded + padded % 2
-    grid = np.zeros(even, bool)
-    grid[tuple(slice(p, p + s) for p, s in zip(padding, shape))] = component[box]
-    coarse = grid.reshape(even[0] // 2, 2, even[1] // 2, 2, even[2] // 2, 2).any(axis=(1, 3, 5))
-    fine = _squared_voxel_depth(coarse, edge_is_outside=False).repeat(2, 0).repeat(2, 1).repeat(2, 2)
-    depth[box] = fine[tuple(slice(p, p + s) for p, s in zip(padding, shape))]
-    depth[~component] = 0
-    return depth
+        depth = _squared_voxel_depth(component, edge_is_outside=True)
+        return depth == depth.max()
+    grid = np.zeros(padded + padded % 2, bool)
+    grid[tuple(slice(p, p + s) for p, s in zip(padding, shape))] = component
+    coarse = grid[0::2] | grid[1::2]  # the maximum of each pair along each axis in turn: of each 2x2x2 block
+    coarse = coarse[:, 0::2] | coarse[:, 1::2]
+    coarse = coarse[:, :, 0::2] | coarse[:, :, 1::2]
+    depth = _squared_voxel_depth(coarse, edge_is_outside=False)
+    if depth.max() == 0:
+        return component
+    deepest = depth == depth.max()
+    for axis in range(3):  # back to the component's box: each voxel takes its block's value
+        deepest = np.take(deepest, (np.arange(shape[axis]) + padding[axis]) // 2, axis)
+    return deepest & component
 
 
 def _masks(truth: Any, prediction: Any) -> Tuple[np.ndarray, np.ndarray]:
@@ -249,11 +244,6 @@ def _draw(candidates: np.ndarray, rng: Random) -> Index:
     flat = np.flatnonzero(candidates)
     pick = rng.randint(len(flat)) if isinstance(rng, np.random.RandomState) else rng.integers(len(flat))
     return tuple(int(i) for i in np.unravel_index(flat[int(pick)], candidates.shape))
-
-
-def _isotropic(spacing: Sequence[float]) -> bool:
-    values = [float(s) for s in spacing]
-    return max(values) - min(values) <= 1e-6 * max(values)
 
 
 def next_clicks(truth: Any, prediction: Any, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:

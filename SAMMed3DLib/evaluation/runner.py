@@ -136,7 +136,7 @@ def _evaluate_target(predictor: Any, volume, truth: np.ndarray, settings: Settin
     box = truth_box
     rows = []
     for number in range(1, settings.click_count + 1):
-        click = next_click(protocol.name, number, truth[box], None if seen is None else seen[box], rng, spacing_kji)
+        click = next_click(protocol.name, number, truth[box], None if seen is None else seen[box], rng)
         seconds = 0.0
         if click is not None:  # None: nothing left to correct, the prediction stays
             index = tuple(i + s.start for i, s in zip(click.index, box))
