@@ -5,11 +5,12 @@ objects). torch is imported only by the functions that need it, so a single proc
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Callable, List, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, TypeVar
 
-from SAMMed3DLib.errors import SAMMed3DError
+from SAMMed3DLib.errors import ProcessLost, SAMMed3DError
 
 if TYPE_CHECKING:
     import torch
@@ -71,11 +72,21 @@ def cleanup(context: Context) -> None:
             dist.destroy_process_group()
 
 
+@contextmanager
+def _collective() -> Iterator[None]:
+    """A collective whose peer died (it failed and said why, or was stopped) raises `ProcessLost` here."""
+    try:
+        yield
+    except RuntimeError as error:  # torch.distributed's DistBackendError and the like
+        raise ProcessLost(error) from error
+
+
 def barrier(context: Context) -> None:
     if context.distributed:
         import torch.distributed as dist
 
-        dist.barrier()
+        with _collective():
+            dist.barrier()
 
 
 def mean(context: Context, value: float) -> float:
@@ -86,7 +97,8 @@ def mean(context: Context, value: float) -> float:
     import torch.distributed as dist
 
     tensor = torch.tensor([value], dtype=torch.float64, device=context.device)
-    dist.all_reduce(tensor)
+    with _collective():
+        dist.all_reduce(tensor)
     return float(tensor.item()) / context.world_size
 
 
@@ -97,7 +109,8 @@ def gather(context: Context, value: Any) -> List[Any]:
     import torch.distributed as dist
 
     values: List[Any] = [None] * context.world_size
-    dist.all_gather_object(values, value)
+    with _collective():
+        dist.all_gather_object(values, value)
     return values
 
 

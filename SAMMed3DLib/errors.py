@@ -157,3 +157,13 @@ def describe(error: BaseException) -> str:
     if isinstance(error, SAMMed3DError):
         return text
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+class ProcessLost(SAMMed3DError):
+    """Another process of a run on several processes stopped while this one waited for it (`reason`: what the
+    process group said); that process reports why."""
+
+    def __init__(self, reason: object) -> None:
+        self.reason = reason
+        detail = describe(reason) if isinstance(reason, BaseException) else reason
+        super().__init__(f"another process of this run stopped ({detail})")
