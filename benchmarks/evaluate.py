@@ -16,6 +16,7 @@ the metrics see far larger surfaces than a trained network's: a worst case for b
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 import tempfile
@@ -69,13 +70,14 @@ def scipy_alone():
 def rules_both_ways(next_click):
     """`next_click` timed with edt/cc3d ("rules") and again with SciPy alone ("rules, SciPy"): the same click."""
 
-    def wrapper(*args):
+    def wrapper(protocol, number, truth, seen, rng):
+        twin = copy.deepcopy(rng)  # the same draws for the second run
         started = time.perf_counter()
-        click = next_click(*args)
+        click = next_click(protocol, number, truth, seen, rng)
         spent["rules"] += time.perf_counter() - started
         with scipy_alone():
             started = time.perf_counter()
-            again = next_click(*args)
+            again = next_click(protocol, number, truth, seen, twin)
             spent["rules, SciPy"] += time.perf_counter() - started
         assert again == click, (click, again)
         return click

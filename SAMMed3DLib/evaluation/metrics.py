@@ -115,14 +115,24 @@ def _within(source: np.ndarray, target: np.ndarray, spacing: Tuple[float, ...], 
         from scipy.ndimage import distance_transform_edt
 
         return distance_transform_edt(~target, sampling=spacing)[source] <= tolerance_mm
-    # Pad the target by the reach, so that every offset of a source cell stays inside; then each offset is one
-    # gather at the flat indices, shifted by the offset's flat step, of the cells not found yet (nearest first).
-    padded = np.pad(target, [(r, r) for r in reach]).ravel()
+    # Flat indices in the source and target padded by the reach, so that every offset of a cell stays inside; each
+    # offset is then one flat step. The smaller side moves: with fewer target cells their neighbourhoods are marked
+    # and the source cells looked up once, else each offset is looked up at the source cells not found yet.
+    pad = [(r, r) for r in reach]
     steps = np.cumprod((1,) + tuple(n + 2 * r for n, r in zip(target.shape[:0:-1], reach[:0:-1])))[::-1]
-    points = np.flatnonzero(np.pad(source, [(r, r) for r in reach]))  # np.nonzero order
+    offsets = offsets[np.argsort(((offsets * np.asarray(spacing)) ** 2).sum(axis=1), kind="stable")]  # nearest first
+    points = np.flatnonzero(np.pad(source, pad))  # np.nonzero order
+    padded = np.pad(target, pad)
+    targets = np.flatnonzero(padded)
+    if len(targets) < len(points):
+        near = np.zeros(padded.size, dtype=bool)
+        for step in offsets @ steps:
+            near[targets + step] = True
+        return near[points]
+    padded = padded.ravel()
     found = np.zeros(len(points), dtype=bool)
     waiting = np.arange(len(points))  # cells still looked for, dropped once a good share of them was found
-    for step in offsets[np.argsort(((offsets * np.asarray(spacing)) ** 2).sum(axis=1), kind="stable")] @ steps:
+    for step in offsets @ steps:
         hit = padded[points + step]
         found[waiting[hit]] = True
         if 4 * np.count_nonzero(hit) > len(hit):
