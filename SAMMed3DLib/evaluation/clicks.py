@@ -126,10 +126,10 @@ def ritm_click(truth: np.ndarray, prediction: Optional[np.ndarray], rng: Random)
         return None
     false_negative, false_positive = _errors(truth[box], prediction[box])
     (fn_box, fn_depth), (fp_box, fp_depth) = boxed_depth(false_negative), boxed_depth(false_positive)
-    deepest_fn = fn_depth.max() if fn_box is not None else 0.0
-    deepest_fp = fp_depth.max() if fp_box is not None else 0.0
     if fn_box is None and fp_box is None:
         return None
+    deepest_fn = fn_depth.max() if fn_box is not None else 0.0
+    deepest_fp = fp_depth.max() if fp_box is not None else 0.0
     region, depth = (fn_box, fn_depth) if deepest_fn > deepest_fp else (fp_box, fp_depth)  # a tie goes to FP
     index = _shift(_draw(depth > max(deepest_fn, deepest_fp) / 4, rng), region)  # depth > deepest / 2, squared
     return SimulatedClick(_shift(index, box), bool(false_negative[index]))
