@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 
 from SAMMed3DLib import __version__
 from SAMMed3DLib.commands.messages import terminal_message
-from SAMMed3DLib.errors import SAMMed3DError
+from SAMMed3DLib.errors import ProcessLost, SAMMed3DError
 
 # Subcommand name -> module in SAMMed3DLib.commands.
 COMMANDS = {
@@ -53,6 +53,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _quiet_libraries()
     try:
         return int(args.run(args) or 0)
+    except ProcessLost:
+        if os.environ.get("SAMMED3D_DEBUG"):
+            raise
+        return 2  # under torchrun: the process that stopped the run said why, in its one line
     except (SAMMed3DError, ValueError, OSError) as error:
         if os.environ.get("SAMMED3D_DEBUG"):
             raise

@@ -214,11 +214,32 @@ class NotALabelMap(SAMMed3DError):
 
 
 class CaseFailed(SAMMed3DError):
-    """Case `case` of a dataset could not be evaluated: `cause` is the error, worded as it is on its own."""
+    """Case `case` of a dataset could not be evaluated for `cause`; `rank`: the process that tried, in a run on
+    several processes (None: a run on one)."""
 
-    def __init__(self, case: str, cause: BaseException) -> None:
-        self.case, self.cause = case, cause
-        super().__init__(f"case {case}: {cause}")
+    def __init__(self, case: str, cause: BaseException, rank: Optional[int] = None) -> None:
+        self.case, self.cause, self.rank = case, cause, rank
+        where = f"case {case}" if rank is None else f"rank {rank}, case {case}"
+        super().__init__(f"{where}: {describe(cause)}")
+
+
+def describe(error: BaseException) -> str:
+    """An error in one line: its message's first line; the type's name first unless it is one of ours."""
+    lines = str(error).strip().splitlines()
+    text = lines[0] if lines else ""
+    if isinstance(error, SAMMed3DError):
+        return text
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+class ProcessLost(SAMMed3DError):
+    """Another process of a run on several processes stopped while this one waited for it (`reason`: what the
+    process group said); that process reports why."""
+
+    def __init__(self, reason: object) -> None:
+        self.reason = reason
+        detail = describe(reason) if isinstance(reason, BaseException) else reason
+        super().__init__(f"another process of this run stopped ({detail})")
 
 
 class ServerError(SAMMed3DError):

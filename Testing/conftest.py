@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -13,6 +14,8 @@ from typing import Iterator
 import pytest
 
 PYRADIOMICS = "pyradiomics-bhklab==3.1.4"
+MRICRON = "mricron-data"  # Debian's package of MRIcron's templates and atlases
+MRICRON_FILES = ("aal.nii.gz", "aal.nii.txt", "ch2.nii.gz")
 
 
 def _test_data_cache() -> Path:
@@ -88,3 +91,27 @@ def encoder_server(tiny_export: Path) -> Iterator[str]:
     with ServeProcess(["--backend", "onnx", "--checkpoint", str(tiny_export), "--device", "cpu", "--port", "0"]) \
             as served:
         yield served.url
+
+
+@pytest.fixture(scope="session")
+def mricron_templates() -> Path:
+    """Folder with the AAL atlas on the MNI template of Debian's mricron-data (`aal.nii.gz`, its names
+    `aal.nii.txt`, the template `ch2.nii.gz`), fetched with `apt-get download` and unpacked with `dpkg -x` once.
+    Skips with the reason where apt cannot fetch it (no apt, no Debian archive reachable)."""
+    target = _test_data_cache() / "mricron"
+    if not all((target / name).exists() for name in MRICRON_FILES):
+        missing = [tool for tool in ("apt-get", "dpkg") if shutil.which(tool) is None]
+        if missing:
+            pytest.skip(f"{' and '.join(missing)} not found: the AAL atlas comes from Debian's {MRICRON} package")
+        with tempfile.TemporaryDirectory() as download:
+            fetched = subprocess.run(["apt-get", "download", MRICRON], cwd=download, capture_output=True,
+                                     encoding="utf-8")
+            packages = list(Path(download).glob("*.deb"))
+            if fetched.returncode != 0 or not packages:
+                reason = (fetched.stderr.strip().splitlines() or ["no .deb file"])[-1]
+                pytest.skip(f"apt-get download {MRICRON} failed: {reason}")
+            subprocess.run(["dpkg", "-x", str(packages[0]), str(Path(download) / "x")], check=True)
+            target.mkdir(parents=True, exist_ok=True)
+            for name in MRICRON_FILES:
+                shutil.copyfile(Path(download) / "x" / "usr" / "share" / "mricron" / "templates" / name, target / name)
+    return target

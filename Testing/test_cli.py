@@ -158,6 +158,22 @@ def test_user_errors_are_one_line_and_leave_nothing_behind(pyradiomics_data, tin
     assert list(out.iterdir()) == []
 
 
+def test_a_process_whose_peer_stopped_the_run_exits_quietly(monkeypatch, tmp_path, capsys):
+    """Under torchrun the process that failed prints the one line; one left waiting for it in a collective (whose
+    process group then raises) exits with 2 and says nothing more."""
+    from SAMMed3DLib.commands import evaluate
+    from SAMMed3DLib.errors import ProcessLost
+
+    def lost(args):
+        raise ProcessLost(RuntimeError("[../gloo/transport/tcp/pair.cc:534] Connection closed by peer"))
+
+    monkeypatch.setattr(evaluate, "run", lost)
+    argv = ["evaluate", "--images", str(tmp_path), "--labels", str(tmp_path), "--output", str(tmp_path / "o"),
+            "--checkpoint", "x.pth"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == ""
+
+
 def test_installed_entry_point_runs_without_importing_torch_for_help():
     code = "import sys; from SAMMed3DLib.cli import main; main(['weights', 'list']); print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8", check=True,

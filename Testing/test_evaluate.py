@@ -6,7 +6,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -65,21 +68,31 @@ def test_random_weight_checkpoint_on_real_cases_is_deterministic_and_resumable(
         assert (output / name).stat().st_mode & 0o777 == 0o644, name  # the umask's mode (022 here)
 
     rows = read_csv(output / "metrics.csv")
-    assert [r for r in rows[0]][:6] == ["case", "label", "label_name", "click", "dice", "nsd"]
+    assert list(rows[0]) == ["case", "label", "label_name", "click", "dice", "nsd", "truth_ml", "predicted_ml",
+                             "positive", "i", "j", "k", "seconds"]
     assert [(r["case"], r["label"], r["click"]) for r in rows] == [
         (case, "1", str(click)) for case in sorted(CROPS) for click in (1, 2, 3)
     ]
     assert {r["label_name"] for r in rows} == {"lesion"}
     for r in rows:
         assert 0.0 <= float(r["dice"]) <= 1.0 and 0.0 <= float(r["nsd"]) <= 1.0
-        assert r["positive"] in ("0", "1")
+        assert r["positive"] in ("0", "1") and float(r["seconds"]) > 0
     assert all(r["positive"] == "1" for r in rows if r["click"] == "1")
+    for case in CROPS:  # volumes in ml from the label file's voxels and spacing
+        label = sitk.ReadImage(str(real_dataset / "labelsTr" / f"{case}.nii.gz"))
+        voxels = int((sitk.GetArrayFromImage(label) == 1).sum())
+        expected_ml = voxels * float(np.prod(label.GetSpacing())) / 1000
+        assert [float(r["truth_ml"]) for r in rows if r["case"] == case] == pytest.approx([expected_ml] * 3, abs=1e-6)
+        assert all(float(r["predicted_ml"]) >= 0 for r in rows)
 
     summary = json.loads((output / "summary.json").read_text(encoding="utf-8"))
     first = [float(r["dice"]) for r in rows if r["click"] == "1"]
-    assert summary["cases"] == 3
-    assert summary["per_click"]["1"]["dice"]["mean"] == pytest.approx(np.mean(first), abs=1e-6)
-    assert summary["per_click"]["1"]["dice"]["std"] == pytest.approx(np.std(first), abs=1e-6)
+    assert summary["cases"] == 3 and summary["settings"]["protocol"] == "paper" and summary["nsd_tolerance_mm"] == 1
+    one = summary["per_click"]["1"]["dice"]
+    q1, median, q3 = np.percentile(first, [25, 50, 75])
+    expected = (np.mean(first), np.std(first), median, q1, q3, q3 - q1)
+    assert tuple(one[key] for key in ("mean", "std", "median", "q1", "q3", "iqr")) == pytest.approx(expected, abs=1e-6)
+    assert summary["noc"]["85"]["n"] == 3 and summary["noc"]["90"]["mean"] >= summary["noc"]["85"]["mean"]
     assert summary["per_label"]["1"]["name"] == "lesion" and summary["per_label"]["1"]["cases"] == 3
     png = (output / "dice_vs_clicks.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
@@ -91,8 +104,7 @@ def test_random_weight_checkpoint_on_real_cases_is_deterministic_and_resumable(
     (output / "cases" / "lung2.csv").unlink()
     (output / "metrics.csv").unlink()
     assert main(args) == 0
-    assert "3/3" in capsys.readouterr().err
-    assert kept.stat().st_mtime_ns == kept_stat
+    assert kept.stat().st_mtime_ns == kept_stat and (output / "cases" / "lung2.csv").is_file()
     second_run = read_csv(output / "metrics.csv")
     for a, b in zip(read_csv_text(first_run), second_run):
         assert {k: a[k] for k in a if k != "seconds"} == {k: b[k] for k in b if k != "seconds"}
@@ -200,8 +212,10 @@ def test_summary_leaves_undefined_values_out():
         {"case": "b", "label": 1, "label_name": "", "click": 1, "dice": 0.7, "nsd": 0.25},
     ]
     summary = evaluation.summarise(rows, clicks=1)
-    assert summary["per_click"]["1"]["dice"] == {"mean": pytest.approx(0.6), "std": pytest.approx(0.1), "n": 2}
-    assert summary["per_click"]["1"]["nsd"] == {"mean": 0.25, "std": 0.0, "n": 1}
+    assert summary["per_click"]["1"]["dice"] == pytest.approx(
+        {"mean": 0.6, "std": 0.1, "median": 0.6, "q1": 0.55, "q3": 0.65, "iqr": 0.1, "n": 2})
+    assert summary["per_click"]["1"]["nsd"] == {"mean": 0.25, "std": 0.0, "median": 0.25, "q1": 0.25, "q3": 0.25,
+                                                "iqr": 0.0, "n": 1}
 
 
 def test_evaluation_and_finetuning_read_a_folder_the_same_way(tmp_path):
@@ -244,7 +258,7 @@ def test_provenance_is_recorded_and_a_resume_with_another_checkpoint_is_refused(
         record = json.loads((output / name).read_text(encoding="utf-8"))
         assert record["checkpoint"]["sha256"] == sha256_of(first) and record["checkpoint"]["given"] == "mine"
         assert record["checkpoint"]["file"] == "mine.pth"
-        assert record["settings"] == {"click_count": 1, "protocol": "random", "seed": 0, "labels_only": None,
+        assert record["settings"] == {"click_count": 1, "protocol": "paper", "seed": 0, "labels_only": None,
                                       "modality": "auto"}
         (run,) = record["runs"]
         assert run["backend"] == "PyTorch on cpu" and run["device"] == "cpu"
@@ -340,7 +354,7 @@ def test_the_final_line_counts_empty_cases(tmp_path, capsys, monkeypatch):
     for i in range(2):
         synthetic_case(tmp_path, f"case{i}", i)
     write_volume(tmp_path / "labels" / "case1.nrrd", np.zeros((30, 110, 120), np.uint8))
-    monkeypatch.setattr(_common, "resolve_model", lambda args: None)
+    monkeypatch.setattr(_common, "resolve_model", lambda args, progress=True: None)
     monkeypatch.setattr(_common, "build_predictor", lambda args, model=None: ThresholdPredictor())
     assert main(["evaluate", "--images", str(tmp_path / "images"), "--labels", str(tmp_path / "labels"),
                  "--output", str(tmp_path / "out"), "--checkpoint", "oracle", "--clicks", "1"]) == 0
@@ -356,3 +370,141 @@ def test_an_error_inside_a_case_names_the_case(tmp_path):
     with pytest.raises(SAMMed3DError, match=r"^case bad: cannot read .*bad.nrrd: fread got only"):
         evaluate(ThresholdPredictor(), tmp_path / "images", tmp_path / "labels", tmp_path / "out",
                  Settings(click_count=1))
+
+
+def replayed_clicks(volume, truth: np.ndarray, protocol: str, rng, count: int):
+    """The clicks a protocol places, simulated here on the whole arrays (the runner works on the box around the
+    objects) with a session of our own: click, then what the rules see (the mask, or the logits > 0.5)."""
+    from SAMMed3DLib.evaluation.clicks import PROTOCOLS, next_click
+    from SAMMed3DLib.interactive.session import InteractiveSession
+
+    session = InteractiveSession(ThresholdPredictor(), volume)
+    seen, placed = None, []
+    threshold = PROTOCOLS[protocol].logit_threshold if isinstance(protocol, str) else protocol[1]
+    name = protocol if isinstance(protocol, str) else protocol[0]
+    for number in range(1, count + 1):
+        click = next_click(name, number, truth, seen, rng)
+        if click is not None:
+            session.add_click(volume.ijk_to_ras_points(np.array(click.index[::-1], float))[0], click.positive)
+        placed.append(None if click is None else (int(click.positive), *click.index[::-1]))
+        seen = session.mask_above(threshold)
+    return placed
+
+
+def test_every_protocol_places_its_clicks_and_is_deterministic_for_a_seed(tmp_path):
+    """The runner's clicks are the protocol's rules on the session's prediction (the paper's on logits > 0.5), drawn
+    from one RandomState per case and label; the same seed gives the same rows, another seed other clicks (except
+    for cvpr25, which has no randomness)."""
+    from SAMMed3DLib.interactive.geometry import Volume
+
+    synthetic_case(tmp_path, "case0", 0)
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    volume = Volume.read(images / "case0.nrrd")
+    label_map = Volume.read(labels / "case0.nrrd").array
+    sensitive = False
+    for protocol in ("paper", "cvpr25", "random", "ritm"):
+        runs = {}
+        for seed, folder in ((5, "a"), (5, "b"), (6, "c")):
+            settings = Settings(click_count=4, protocol=protocol, seed=seed)
+            evaluate(ThresholdPredictor(), images, labels, tmp_path / protocol / folder, settings)
+            runs[folder] = [{k: v for k, v in row.items() if k != "seconds"}
+                            for row in evaluation.read_rows(tmp_path / protocol / folder / "metrics.csv")]
+        assert runs["a"] == runs["b"]
+        assert (runs["a"] == runs["c"]) == (protocol == "cvpr25")
+        for value in (1, 2):
+            placed = [None if r["positive"] is None else (r["positive"], r["i"], r["j"], r["k"])
+                      for r in runs["a"] if r["label"] == value]
+            rng = evaluation._rng(5, "case0", value)
+            assert placed == replayed_clicks(volume, label_map == value, protocol, rng, 4), (protocol, value)
+            if protocol == "paper":  # drawing from logits > 0 instead of > 0.5 would have clicked elsewhere
+                rng = evaluation._rng(5, "case0", value)
+                sensitive |= replayed_clicks(volume, label_map == value, ("paper", 0.0), rng, 4) != placed
+    assert sensitive
+
+
+def test_summary_noc_best_dice_and_the_challenges_numbers_by_hand():
+    """Two cases, two labels: NoC@85/90 (capped at the clicks, counted as not reached), the paper's best Dice so
+    far, and the challenge's per-case Dice/NSD as the mean over labels (NSD 0 at mean Dice <= 0.2), their trapezoid
+    AUC over the click steps (x = 0..4), final values, step time and its limit of 90 s per label."""
+    dices = {("a", 1): [0.1, 0.5, 0.86, 0.8, 0.95], ("a", 2): [0.2, 0.25, 0.3, 0.2, 0.1],
+             ("b", 1): [0.9, 0.92, 0.93, 0.94, 0.95]}
+    rows = [{"case": case, "label": label, "label_name": "", "click": click + 1, "dice": value,
+             "nsd": value / 2, "seconds": 0.5 * label}
+            for (case, label), values in dices.items() for click, value in enumerate(values)]
+    summary = evaluation.summarise(rows, clicks=5, protocol="cvpr25")
+    assert summary["noc"]["85"] == pytest.approx({"mean": (3 + 5 + 1) / 3, "std": np.std([3, 5, 1]), "median": 3,
+                                                  "q1": 2, "q3": 4, "iqr": 2, "n": 3, "not_reached": 1})
+    assert (summary["noc"]["90"]["mean"], summary["noc"]["90"]["not_reached"]) == (pytest.approx((5 + 5 + 1) / 3), 1)
+    assert summary["per_click"]["4"]["best_dice"]["mean"] == pytest.approx((0.86 + 0.3 + 0.94) / 3)
+    assert summary["per_label"]["2"]["noc"]["85"]["not_reached"] == 1
+    table = {row["case"]: row for row in evaluation.cvpr25_table(rows)}
+    dsc_a = [(x + y) / 2 for x, y in zip(dices[("a", 1)], dices[("a", 2)])]  # 0.15, 0.375, 0.58, 0.5, 0.525
+    nsd_a = [0.0] + [d / 2 for d in dsc_a[1:]]  # step 1's mean Dice is 0.15 <= 0.2: NSD counts 0
+    a = table["a"]
+    assert a["dsc_auc"] == pytest.approx(dsc_a[0] / 2 + sum(dsc_a[1:4]) + dsc_a[4] / 2)
+    assert a["nsd_auc"] == pytest.approx(nsd_a[0] / 2 + sum(nsd_a[1:4]) + nsd_a[4] / 2)
+    assert (a["final_dsc"], a["final_nsd"], a["labels"]) == (pytest.approx(0.525), pytest.approx(0.2625), 2)
+    assert (a["seconds_per_step"], a["total_seconds"], a["time_limit_seconds"]) == (1.5, 7.5, 180.0)
+    assert table["b"]["dsc_auc"] == pytest.approx(0.9 / 2 + 0.92 + 0.93 + 0.94 + 0.95 / 2)
+    assert summary["cvpr25"]["dsc_auc"]["mean"] == pytest.approx((a["dsc_auc"] + table["b"]["dsc_auc"]) / 2)
+    assert summary["cvpr25"]["over_time_limit"] == 0
+    assert summary["per_label"]["2"]["cvpr25"]["final_nsd"]["mean"] == 0.0  # label 2 alone: Dice 0.1 at the end
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_evaluate(arguments: list, processes: int = 1) -> subprocess.CompletedProcess:
+    """`sammed3d evaluate` in one process, or under torchrun in `processes` gloo processes (one thread each)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    launcher = [sys.executable]
+    if processes > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+    command = [*launcher, "-m", "SAMMed3DLib.cli", "evaluate", *arguments, "--device", "cpu"]
+    return subprocess.run(command, capture_output=True, encoding="utf-8", cwd=REPO, env=env, timeout=300)
+
+
+def without_time(path: Path) -> list:
+    return [{k: v for k, v in row.items() if "seconds" not in k} for row in read_csv(path)]
+
+
+def test_torchrun_two_processes_give_the_rows_of_one_resume_and_stop_at_a_failing_case(tiny_checkpoint, tmp_path):
+    """Two gloo processes share the cases (rank 1 takes the 2nd and 4th); rank 0 merges: metrics.csv and the
+    challenge's table equal a one-process run's but for the time columns. Resuming under torchrun evaluates only the
+    missing cases. A case that fails stops the run with one line that names the rank and the case."""
+    for i in range(4):
+        synthetic_case(tmp_path / "data", f"case{i}", i)
+    data = ["--images", str(tmp_path / "data" / "images"), "--labels", str(tmp_path / "data" / "labels"),
+            "--checkpoint", str(tiny_checkpoint), "--protocol", "cvpr25", "--clicks", "3"]
+    alone = run_evaluate([*data, "--output", str(tmp_path / "one")])
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    assert "CVPR 2025 means: dsc_auc" in alone.stdout
+    shared = run_evaluate([*data, "--output", str(tmp_path / "two")], processes=2)
+    assert shared.returncode == 0, shared.stderr[-3000:]
+    assert shared.stdout.count("4 cases scored; mean Dice") == 1  # only rank 0 reports
+    for name in ("metrics.csv", "cvpr25_cases.csv"):
+        assert without_time(tmp_path / "two" / name) == without_time(tmp_path / "one" / name)
+    table = read_csv(tmp_path / "two" / "cvpr25_cases.csv")
+    assert [r["case"] for r in table] == [f"case{i}" for i in range(4)] and {r["labels"] for r in table} == {"2"}
+    assert all(0 <= float(r["dsc_auc"]) <= 2 and float(r["seconds_per_step"]) > 0 for r in table)  # 3 steps: AUC <= 2
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text(encoding="utf-8"))
+    expected = np.mean([float(r["final_nsd"]) for r in table])
+    assert summary["cvpr25"]["final_nsd"]["mean"] == pytest.approx(expected, abs=1e-6)
+
+    cases = tmp_path / "two" / "cases"
+    kept = {name: (cases / f"{name}.csv").stat().st_mtime_ns for name in ("case0", "case3")}
+    for name in ("case1", "case2", "../metrics.csv"):
+        (cases / f"{name}.csv" if not name.startswith("..") else tmp_path / "two" / "metrics.csv").unlink()
+    resumed = run_evaluate([*data, "--output", str(tmp_path / "two")], processes=2)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert {name: (cases / f"{name}.csv").stat().st_mtime_ns for name in kept} == kept
+    assert without_time(tmp_path / "two" / "metrics.csv") == without_time(tmp_path / "one" / "metrics.csv")
+
+    image = tmp_path / "data" / "images" / "case1.nrrd"  # rank 1's first case: its header reads, its voxels do not
+    image.write_bytes(image.read_bytes()[: image.stat().st_size // 2])
+    failed = run_evaluate([*data, "--output", str(tmp_path / "three")], processes=2)
+    ours = [line for line in failed.stderr.splitlines() if line.startswith("sammed3d evaluate:")]
+    assert failed.returncode != 0 and len(ours) == 1, failed.stderr[-3000:]
+    assert ours[0].startswith("sammed3d evaluate: error: rank 1, case case1: cannot read ") and "case1.nrrd" in ours[0]
+    assert "runner.py" not in failed.stderr  # no traceback of ours
+    assert not (tmp_path / "three" / "metrics.csv").exists()

@@ -26,10 +26,10 @@ import torch
 
 from SAMMed3DLib.backends.torch_predictor import select_device
 from SAMMed3DLib.cli import main
+from SAMMed3DLib.distributed import Context
 from SAMMed3DLib.errors import SAMMed3DError
 from SAMMed3DLib.interactive.geometry import Volume
-from SAMMed3DLib.train import data
-from SAMMed3DLib.train.distributed import Context, choose_device
+from SAMMed3DLib.train import choose_device, data
 from SAMMed3DLib.train.loop import BEST, LATEST, LOG, TrainConfig, Trainer, weights_digest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -361,11 +361,12 @@ BUILD_TRAINER = """
 import json
 import sys
 from SAMMed3DLib import weights
-from SAMMed3DLib.train import distributed
+from SAMMed3DLib import distributed
+from SAMMed3DLib.train import choose_device
 from SAMMed3DLib.train.loop import TrainConfig, Trainer, weights_digest
 url, sha256, data, output, overrides = sys.argv[1:]
 weights.REGISTRY = (weights.Checkpoint("turbo", "sam_med3d_turbo.pth", url, url, None, sha256, ""),)
-context = distributed.setup("cpu")
+context = distributed.setup(choose_device("cpu"))
 config = TrainConfig(data=data, output=output, checkpoint="turbo", variant="tiny",
                      model_overrides=json.loads(overrides), num_workers=0, min_voxels=100, device="cpu")
 sys.stdout.write(f"weights {weights_digest(Trainer(config, context).model)}\\n")  # one write: no interleaving

@@ -111,3 +111,13 @@ def test_errors_carry_their_facts():
     with pytest.raises(errors.MissingPackages, match="needs surely_not_a_package, which is not installed") as raised:
         errors.MissingPackages.require("a test", "eval", "surely_not_a_package", "numpy")
     assert raised.value.packages == ("surely_not_a_package",) and raised.value.extra == "eval"
+
+
+def test_a_failed_case_of_a_run_on_several_processes_is_one_line_with_its_rank_and_case():
+    missing = errors.MissingPackages("evaluation", ["scikit-image"], "eval")
+    failed = errors.CaseFailed("liver_007", missing, rank=1)
+    assert str(failed) == "rank 1, case liver_007: evaluation needs scikit-image, which is not installed"
+    assert terminal_message(failed) == ("rank 1, case liver_007: evaluation needs scikit-image, which is not "
+                                        "installed: pip install 'SAMMed3DLib[eval]'")
+    crashed = errors.CaseFailed("b", RuntimeError("CUDA out of memory. Tried to allocate 2 GiB\nmore detail"), rank=0)
+    assert terminal_message(crashed) == "rank 0, case b: RuntimeError: CUDA out of memory. Tried to allocate 2 GiB"

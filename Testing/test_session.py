@@ -305,6 +305,29 @@ def test_an_object_longer_than_the_patch_is_covered_by_added_rois():
     assert dice(capped.mask.astype(bool), bar) < 0.8
 
 
+def test_mask_above_another_logit_repeats_the_pastes_in_order():
+    """The mask at logit 0.5 (where the paper's protocol draws clicks) from the ROIs' newest logits, pasted in the
+    order they were: at logit 0 it is the live mask, through added ROIs, clicks back in an older ROI and undo."""
+    from SAMMed3DLib.interactive.resample import paste_logits
+
+    volume, objects, a, b, _ = two_objects()
+    session = InteractiveSession(ThresholdPredictor(), volume)
+    assert not session.mask_above(0.5).any()
+    session.add_click(a)
+    region, logits = paste_logits(volume, session.frames[0], session._rois[0].logits[0, 0])
+    expected = np.zeros(volume.array.shape, bool)
+    expected[region] = logits > 0.5
+    np.testing.assert_array_equal(session.mask_above(0.5), expected)
+    assert 0 < expected.sum() < session.mask.sum()  # the 0.5 mask is a strict part of the live one
+    for click in (b, a + [-10.0, 0, 0], a + [0, 20.0, 0]):  # a new ROI overlapping the first, then the first again
+        session.add_click(click)
+        np.testing.assert_array_equal(session.mask_above(0.0), session.mask)
+        above = session.mask_above(0.5).astype(bool)
+        assert above.any() and not (above & ~session.mask.astype(bool)).any()
+    session.undo()
+    np.testing.assert_array_equal(session.mask_above(0.0), session.mask)
+
+
 def test_an_initial_mask_seeds_the_prompt_and_stays_outside_the_rois():
     volume, objects, a, b, ras = two_objects()
     initial = np.zeros(volume.array.shape, np.uint8)

@@ -22,7 +22,8 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from SAMMed3DLib.train.distributed import Context, choose_device
+from SAMMed3DLib.distributed import Context
+from SAMMed3DLib.train import choose_device
 from SAMMed3DLib.train.loop import LOG, TrainConfig, Trainer, autocast_dtype
 
 

@@ -62,14 +62,14 @@ def read_token(path: Optional[Path]) -> Optional[str]:
     return token
 
 
-def resolve_model(args: argparse.Namespace) -> Path:
-    """The checkpoint file `--checkpoint` names (downloaded if it is a published name not cached yet), or with
-    `--backend onnx` the export folder."""
+def resolve_model(args: argparse.Namespace, progress: bool = True) -> Path:
+    """The checkpoint file `--checkpoint` names (downloaded first, with a progress bar if `progress`, if it is a
+    published name not cached yet), or with `--backend onnx` the export folder as given."""
     from SAMMed3DLib import weights
 
     if args.backend == "onnx" or (args.backend == "remote" and is_onnx_export(args.checkpoint)):
         return Path(args.checkpoint)
-    return Path(weights.resolve(args.checkpoint, download_progress()))
+    return Path(weights.resolve(args.checkpoint, download_progress() if progress else None))
 
 
 def build_predictor(args: argparse.Namespace, model: Optional[Path] = None) -> Predictor:

@@ -69,8 +69,9 @@ def run(args: argparse.Namespace) -> int:
     from SAMMed3DLib.files import check_writable, same_file
 
     MissingPackages.require("fine-tuning", "train", "torch", "safetensors")
+    from SAMMed3DLib import distributed
     from SAMMed3DLib.commands._common import download_progress
-    from SAMMed3DLib.train import distributed
+    from SAMMed3DLib.train import choose_device
     from SAMMed3DLib.train.loop import LATEST, resume_config, train
 
     for name in ("epochs", "batch_size", "accumulation_steps", "max_steps"):
@@ -90,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     given = {name: value for name, value in vars(args).items()
              if name in TrainConfig.__dataclass_fields__ and value is not None}
     config = resume_config(Path(args.output), given) if args.resume else TrainConfig(**given)
-    context = distributed.setup(config.device)
+    context = distributed.setup(choose_device(config.device))
     bar = None  # drawn once training starts (rank 0 reports): micro-batches of the whole run
 
     def on_progress(done: int, total: int, record) -> None:

@@ -1,101 +1,267 @@
-"""Simulated clicks, as SAM-Med3D was trained and evaluated.
+"""Simulated clicks of the published evaluation protocols, and the click of the fine-tuning loop.
 
-"random" (the paper's protocol): the first click is drawn uniformly from the ground-truth foreground; each next
-click uniformly from the error region (false negatives and false positives), positive iff it is a false negative.
-"ritm" (the older interior-most variant): the click is the voxel farthest from the border of the larger of the two
-error regions (the image edge counts as border), positive iff that region is the false negatives; no randomness.
+A protocol (`PROTOCOLS`) says which rule places the n-th click and on which prediction:
+- "paper": SAM-Med3D's paper (its validation.py, uni-medical/SAM-Med3D at a92eddc): clicks 1 and 2 by the "ritm"
+  rule, then "random"; the rules see the prediction where the logits are > 0.5 (not 0).
+- "cvpr25": the CVPR 2025 challenge "Foundation Models for Interactive 3D Biomedical Image Segmentation" (its
+  CVPR25_iter_eval.py, JunMa11/CVPR-MedSegFMCompetition at 748e862): every click by the "centre" rule.
+- "random", "ritm": the current reference (utils/infer_utils.py, random_sample_next_click) with that rule for every
+  click.
 
-Masks are 3D arrays (any axis order: points come back as indices in that order), numpy or torch, optionally with
-leading batch axes; a seeded `numpy.random.Generator` makes every draw reproducible.
+Rules (FN: false negatives, FP: false positives; before the first click the prediction is empty):
+- "random": a voxel drawn uniformly from FN | FP (enumerated in C order, one `rng.randint(n)`), positive iff in FN.
+- "ritm": the region (FN or FP) whose deepest voxel lies deeper (farther from the region's border; the array's edge
+  is border), a tie going to FP; a voxel drawn uniformly from those deeper than half that depth; positive iff FN.
+- "centre": the largest 26-connected component of FN | FP (the first in C order on a tie); its deepest voxel in
+  voxel units, a tie broken by `RandomState(42).randint(n)` over the tied voxels in C order; positive iff in FN.
+  Component boxes over 60M voxels with padding take the challenge's 2x-downsampled depth.
+Depth is measured in voxels of the grid the rule sees, as both references measure it (the paper's grid is a 1.5 mm
+isotropic crop, the challenge's the image's own grid); squared depths are integers, so every comparison is exact.
+When the prediction equals the truth there is nothing to correct and every rule returns None (no click), as the
+challenge does; the paper's script stops with an error there and the current reference clicks anyway.
+
+The references draw from numpy's legacy global generator, so the rules take a `numpy.random.RandomState`: with the
+reference's seed they place the reference's clicks. Masks are 3D arrays (indices come back in their axis order);
+only the box around the truth and the prediction is processed, which gives the same clicks as the whole array.
+`edt` and `connected-components-3d` (the eval extra) make depth and components faster with identical results;
+without them SciPy computes the same values.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Tuple, Union
 
 import numpy as np
+from scipy import ndimage
 
-from SAMMed3DLib.interactive.geometry import interior_voxel
+from SAMMed3DLib.interactive.boxed_array import is_empty, nonzero_box
+from SAMMed3DLib.interactive.geometry import Region
 
-PROTOCOLS = ("random", "ritm")
+Index = Tuple[int, int, int]
+Random = Union[np.random.RandomState, np.random.Generator]
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A click protocol: the rule of click 1, 2, ... (the last one repeats), the logit above which the rules see the
+    prediction as foreground, and where it is published (for the command's help and the README)."""
+
+    name: str
+    rules: Tuple[str, ...]
+    logit_threshold: float
+    source: str
+
+    def rule(self, number: int) -> str:
+        """The rule of click `number` (1-based)."""
+        return self.rules[min(number, len(self.rules)) - 1]
+
+
+PROTOCOLS = {
+    "paper": Protocol("paper", ("ritm", "ritm", "random"), 0.5,
+                      "SAM-Med3D's paper (validation.py, uni-medical/SAM-Med3D a92eddc)"),
+    "cvpr25": Protocol("cvpr25", ("centre",), 0.0,
+                       "CVPR 2025 challenge (CVPR25_iter_eval.py, JunMa11/CVPR-MedSegFMCompetition 748e862)"),
+    "random": Protocol("random", ("random",), 0.0,
+                       "current reference, random (utils/infer_utils.py, uni-medical/SAM-Med3D f3de1fa)"),
+    "ritm": Protocol("ritm", ("ritm",), 0.0,
+                     "current reference, ritm (utils/infer_utils.py, uni-medical/SAM-Med3D f3de1fa)"),
+}
+CENTRE_SEED = 42  # the challenge re-seeds numpy with 42 before each tie-break
+LARGE_BOX_VOXELS = 60_000_000  # the challenge downsamples the depth of a component whose padded box is larger
 
 
 @dataclass(frozen=True)
 class SimulatedClick:
     """A voxel index (in the mask's axis order) and whether it includes (positive) or excludes the voxel."""
 
-    index: tuple[int, int, int]
+    index: Index
     positive: bool
+
+
+def next_click(
+    protocol: str,
+    number: int,
+    truth: Any,
+    prediction: Any = None,
+    rng: Optional[np.random.RandomState] = None,
+) -> Optional[SimulatedClick]:
+    """Click `number` (1-based) of `protocol` on one 3D mask pair; `prediction` is what the protocol's rules see
+    (logits > `Protocol.logit_threshold`), None before the first click; "random" and "ritm" draw from `rng`.
+    None: the prediction is already perfect."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown click protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
+    if number < 1:
+        raise ValueError(f"clicks are numbered from 1, got {number}")
+    rule = PROTOCOLS[protocol].rule(number)
+    truth, prediction = _masks(truth, prediction)
+    if rule == "centre":
+        return centre_click(truth, prediction)
+    if rng is None:
+        raise ValueError(f"the {rule} rule draws from a numpy RandomState (rng), got None")
+    if rule == "ritm":
+        return ritm_click(truth, prediction, rng)
+    return random_click(truth, prediction, rng)
+
+
+def random_click(truth: np.ndarray, prediction: Optional[np.ndarray], rng: Random) -> Optional[SimulatedClick]:
+    """The "random" rule (module docstring)."""
+    truth, prediction = _masks(truth, prediction)
+    box = nonzero_box(truth | prediction)
+    if is_empty(box):
+        return None
+    false_negative, false_positive = _errors(truth[box], prediction[box])
+    error = false_negative | false_positive
+    if not error.any():
+        return None
+    index = _draw(error, rng)
+    return SimulatedClick(_shift(index, box), bool(false_negative[index]))
+
+
+def ritm_click(truth: np.ndarray, prediction: Optional[np.ndarray], rng: Random) -> Optional[SimulatedClick]:
+    """The "ritm" rule (module docstring)."""
+    truth, prediction = _masks(truth, prediction)
+    box = nonzero_box(truth | prediction)
+    if is_empty(box):
+        return None
+    false_negative, false_positive = _errors(truth[box], prediction[box])
+    (fn_box, fn_depth), (fp_box, fp_depth) = boxed_depth(false_negative), boxed_depth(false_positive)
+    if fn_box is None and fp_box is None:
+        return None
+    deepest_fn = fn_depth.max() if fn_box is not None else 0.0
+    deepest_fp = fp_depth.max() if fp_box is not None else 0.0
+    region, depth = (fn_box, fn_depth) if deepest_fn > deepest_fp else (fp_box, fp_depth)  # a tie goes to FP
+    index = _shift(_draw(depth > max(deepest_fn, deepest_fp) / 4, rng), region)  # depth > deepest / 2, squared
+    return SimulatedClick(_shift(index, box), bool(false_negative[index]))
+
+
+def centre_click(truth: np.ndarray, prediction: Optional[np.ndarray]) -> Optional[SimulatedClick]:
+    """The "centre" rule (module docstring)."""
+    truth, prediction = _masks(truth, prediction)
+    error = truth ^ prediction
+    box = nonzero_box(error)
+    if is_empty(box):
+        return None
+    labels, count = components_26(error[box])
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    sizes[0] = 0
+    largest = int(np.argmax(sizes))  # the lowest label, i.e. the first component in C order, on a tie
+    inner = ndimage.find_objects(labels, largest)[largest - 1]
+    index = _draw(_deepest(labels[inner] == largest), np.random.RandomState(CENTRE_SEED))
+    index = _shift(_shift(index, inner), box)
+    return SimulatedClick(index, bool(truth[index]))
+
+
+def boxed_depth(mask: np.ndarray) -> Tuple[Optional[Region], np.ndarray]:
+    """The box around `mask` (None if it is empty) and, on it, the squared distance in voxels from every voxel of
+    the mask to the nearest voxel outside it, the array's edge counting as outside (so does the box's edge, beyond
+    which there is no mask); 0 outside the mask. Whole numbers in a float array (exact: all are below 2^24)."""
+    box = nonzero_box(mask)
+    if is_empty(box):
+        return None, np.zeros((0, 0, 0), np.float32)
+    return box, _squared_voxel_depth(np.asarray(mask)[box], edge_is_outside=True)
+
+
+def components_26(mask: np.ndarray) -> Tuple[np.ndarray, int]:
+    """26-connected components numbered in the C order of their first voxel (cc3d and SciPy number them alike)."""
+    try:
+        import cc3d
+    except ImportError:
+        return ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    labels = cc3d.connected_components(np.ascontiguousarray(mask, np.uint8), connectivity=26)
+    return labels, int(labels.max())
+
+
+def _squared_voxel_depth(mask: np.ndarray, edge_is_outside: bool) -> np.ndarray:
+    try:
+        import edt
+    except ImportError:
+        distance = ndimage.distance_transform_edt(np.pad(mask, 1) if edge_is_outside else mask)
+        if edge_is_outside:
+            distance = distance[1:-1, 1:-1, 1:-1]
+        return np.rint(np.square(distance, out=distance), out=distance)
+    threads = int(os.environ.get("OMP_NUM_THREADS", "0")) or os.cpu_count() or 1  # torchrun sets 1 per process
+    return edt.edtsq(np.ascontiguousarray(mask, np.uint8), black_border=edge_is_outside, parallel=threads)
+
+
+def _deepest(component: np.ndarray) -> np.ndarray:
+    """Where the challenge's depth of a component (filling its box) is largest: the exact depth if the box padded by
+    the challenge's 25% margin has at most `LARGE_BOX_VOXELS`; above, the challenge's approximation: the maximum of
+    2x2x2 blocks of the padded box (aligned to its first voxel, zero-filled to even sizes), the depth on that coarse
+    grid with its edge not counting as outside, each coarse value standing for its block. If that depth is 0
+    everywhere, the whole component."""
+    shape = np.array(component.shape)
+    padding = np.maximum((shape * 0.25).astype(int), 1)
+    padded = shape + 2 * padding
+    if int(np.prod(padded)) <= LARGE_BOX_VOXELS:
+        depth = _squared_voxel_depth(component, edge_is_outside=True)
+        return depth == depth.max()
+    grid = np.zeros(padded + padded % 2, bool)
+    grid[tuple(slice(p, p + s) for p, s in zip(padding, shape))] = component
+    coarse = grid[0::2] | grid[1::2]  # the maximum of each pair along each axis in turn: of each 2x2x2 block
+    coarse = coarse[:, 0::2] | coarse[:, 1::2]
+    coarse = coarse[:, :, 0::2] | coarse[:, :, 1::2]
+    depth = _squared_voxel_depth(coarse, edge_is_outside=False)
+    if depth.max() == 0:
+        return component
+    deepest = depth == depth.max()
+    for axis in range(3):  # back to the component's box: each voxel takes its block's value
+        deepest = np.take(deepest, (np.arange(shape[axis]) + padding[axis]) // 2, axis)
+    return deepest & component
+
+
+def _masks(truth: Any, prediction: Any) -> Tuple[np.ndarray, np.ndarray]:
+    """Both masks as bool numpy arrays (torch tensors too); no prediction is an empty one."""
+    truth = _as_bool(truth)
+    if truth.ndim != 3:
+        raise ValueError(f"clicks are simulated on 3D masks, got shape {truth.shape}")
+    if prediction is None:
+        return truth, np.zeros_like(truth)
+    prediction = _as_bool(prediction)
+    if prediction.shape != truth.shape:
+        raise ValueError(f"prediction shape {prediction.shape} differs from the truth's {truth.shape}")
+    return truth, prediction
 
 
 def _as_bool(mask: Any) -> np.ndarray:
     if hasattr(mask, "detach"):  # a torch tensor, possibly on a GPU
         mask = mask.detach().cpu().numpy()
-    return np.asarray(mask) > 0
+    mask = np.asarray(mask)
+    return mask if mask.dtype == bool else mask > 0
 
 
-def _error_regions(truth: np.ndarray, prediction: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """False negatives and false positives; before any prediction the whole foreground is a false negative."""
-    if prediction is None:
-        return truth, np.zeros_like(truth)
+def _errors(truth: np.ndarray, prediction: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     return truth & ~prediction, prediction & ~truth
 
 
-def _uniform(region: np.ndarray, rng: np.random.Generator) -> tuple[int, int, int]:
-    flat = np.flatnonzero(region)
-    return tuple(int(i) for i in np.unravel_index(flat[rng.integers(len(flat))], region.shape))
+def _shift(index: Index, box: Region) -> Index:
+    return tuple(int(i + s.start) for i, s in zip(index, box))
 
 
-def next_click(
-    truth: Any,
-    prediction: Any = None,
-    rng: Optional[np.random.Generator] = None,
-    protocol: str = "random",
-    spacing: Optional[tuple[float, float, float]] = None,
-) -> SimulatedClick:
-    """The next simulated click on one 3D mask pair; `prediction=None` gives the first click.
-
-    When the prediction is already perfect there is no error to correct: the click is then a positive one in the
-    foreground, which leaves a converged result unchanged. `spacing` (in the masks' axis order, mm) only matters
-    for "ritm"; "random" needs `rng`.
-    """
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown click protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
-    truth = _as_bool(truth)
-    if truth.ndim != 3:
-        raise ValueError(f"next_click takes 3D masks, got shape {truth.shape}")
-    prediction = None if prediction is None else _as_bool(prediction)
-    if prediction is not None and prediction.shape != truth.shape:
-        raise ValueError(f"prediction shape {prediction.shape} differs from the truth's {truth.shape}")
-    false_negative, false_positive = _error_regions(truth, prediction)
-    fn_count, fp_count = int(false_negative.sum()), int(false_positive.sum())
-    if fn_count + fp_count == 0:
-        if not truth.any():
-            raise ValueError("no click possible: the ground truth and the prediction are both empty")
-        false_negative, fn_count = truth, int(truth.sum())
-    if protocol == "ritm":
-        positive = fn_count >= fp_count
-        return SimulatedClick(interior_voxel(false_negative if positive else false_positive, spacing), positive)
-    if rng is None:
-        raise ValueError("the random click protocol needs a numpy Generator (rng)")
-    index = _uniform(false_negative | false_positive, rng)
-    return SimulatedClick(index, bool(false_negative[index]))
+def _draw(candidates: np.ndarray, rng: Random) -> Index:
+    """A uniform draw over the True voxels in C order: `randint(n)` of a legacy RandomState, as the references draw
+    (the fine-tuning loop passes a Generator: `integers(n)`)."""
+    flat = np.flatnonzero(candidates)
+    pick = rng.randint(len(flat)) if isinstance(rng, np.random.RandomState) else rng.integers(len(flat))
+    return tuple(int(i) for i in np.unravel_index(flat[int(pick)], candidates.shape))
 
 
-def next_clicks(
-    truth: Any,
-    prediction: Any = None,
-    rng: Optional[np.random.Generator] = None,
-    protocol: str = "random",
-) -> tuple[np.ndarray, np.ndarray]:
-    """One click per mask pair of a batch (shape (..., D, H, W), e.g. (B, 1, 128, 128, 128) in patch space):
-    `points` int64 (n, 3) voxel indices and `labels` int64 (n,) 1 positive / 0 negative, n the batch size,
-    drawn in batch order from the one generator."""
+def next_clicks(truth: Any, prediction: Any, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+    """The fine-tuning loop's clicks, one per mask pair of a batch (shape (..., D, H, W), e.g. (B, 1, 128, 128, 128)):
+    the "random" rule, and a positive click drawn from the truth where the prediction is already perfect. Returns
+    `points` int64 (n, 3) voxel indices and `labels` int64 (n,) 1 positive / 0 negative, drawn in batch order."""
     truth = _as_bool(truth)
     batch = truth.reshape(-1, *truth.shape[-3:])
     predictions = [None] * len(batch) if prediction is None else _as_bool(prediction).reshape(batch.shape)
-    clicks = [next_click(t, p, rng, protocol) for t, p in zip(batch, predictions)]
+    clicks = []
+    for one_truth, one_prediction in zip(batch, predictions):
+        click = random_click(one_truth, one_prediction, rng)
+        if click is None:
+            if not one_truth.any():
+                raise ValueError("no click possible: the ground truth and the prediction are both empty")
+            click = SimulatedClick(_draw(one_truth, rng), True)
+        clicks.append(click)
     points = np.array([c.index for c in clicks], dtype=np.int64).reshape(len(clicks), 3)
     labels = np.array([int(c.positive) for c in clicks], dtype=np.int64)
     return points, labels

@@ -13,21 +13,28 @@ from typing import Sequence, Tuple
 
 import numpy as np
 
+from SAMMed3DLib.interactive.boxed_array import nonzero_box
+
 
 def _pair(prediction: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    prediction, truth = np.asarray(prediction) > 0, np.asarray(truth) > 0
+    prediction, truth = _as_bool(prediction), _as_bool(truth)
     if prediction.shape != truth.shape:
         raise ValueError(f"prediction shape {prediction.shape} differs from the truth's {truth.shape}")
     return prediction, truth
 
 
+def _as_bool(mask: np.ndarray) -> np.ndarray:
+    mask = np.asarray(mask)
+    return mask if mask.dtype == bool else mask > 0
+
+
 def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
     """2|P∩T| / (|P|+|T|); NaN when both are empty."""
     prediction, truth = _pair(prediction, truth)
-    total = int(prediction.sum()) + int(truth.sum())
+    total = np.count_nonzero(prediction) + np.count_nonzero(truth)
     if total == 0:
         return float("nan")
-    return 2.0 * int(np.logical_and(prediction, truth).sum()) / total
+    return 2.0 * np.count_nonzero(prediction & truth) / total
 
 
 # Bit of each corner voxel of a 2x2x2 cell in the cell's neighbour code, corners in (i, j, k) in {0,1}^3 order.
@@ -58,12 +65,11 @@ def surfel_areas(spacing: Tuple[float, float, float]) -> np.ndarray:
 def _neighbour_codes(mask: np.ndarray) -> np.ndarray:
     """Neighbour code of every voxel corner (array one larger than `mask` on each axis): which of the 8 voxels
     around the corner are inside; outside the array counts as background."""
-    padded = np.pad(mask.astype(np.uint8), 1)
-    shape = tuple(n + 1 for n in mask.shape)
-    codes = np.zeros(shape, dtype=np.uint8)
-    for (i, j, k), bit in zip(_CORNERS, _CORNER_BITS):
-        codes |= padded[i : i + shape[0], j : j + shape[1], k : k + shape[2]] * np.uint8(bit)
-    return codes
+    codes = np.pad(mask.astype(np.uint8), 1)
+    # One axis at a time (the lower corner's bits above the upper's): corner (i, j, k) ends at _CORNER_BITS' bit.
+    codes = (codes[:, :, :-1] << 1) | codes[:, :, 1:]
+    codes = (codes[:, :-1] << 2) | codes[:, 1:]
+    return (codes[:-1] << 4) | codes[1:]
 
 
 def nsd(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float], tolerance_mm: float = 1.0) -> float:
@@ -82,8 +88,7 @@ def nsd(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float], tol
     if not (has_prediction and has_truth):
         return 0.0
     spacing = tuple(float(s) for s in spacing)
-    union = np.argwhere(prediction | truth)
-    box = tuple(slice(lo, hi + 1) for lo, hi in zip(union.min(axis=0), union.max(axis=0)))
+    box = nonzero_box(prediction | truth)
     areas = surfel_areas(spacing)
     codes_p, codes_t = _neighbour_codes(prediction[box]), _neighbour_codes(truth[box])
     surface_p, surface_t = (codes_p != 0) & (codes_p != 255), (codes_t != 0) & (codes_t != 255)
@@ -110,11 +115,26 @@ def _within(source: np.ndarray, target: np.ndarray, spacing: Tuple[float, ...], 
         from scipy.ndimage import distance_transform_edt
 
         return distance_transform_edt(~target, sampling=spacing)[source] <= tolerance_mm
-    points = np.nonzero(source)
-    found = np.zeros(len(points[0]), dtype=bool)
-    shape = np.asarray(target.shape)
-    for offset in offsets:
-        moved = [points[a] + offset[a] for a in range(3)]
-        valid = np.all([(m >= 0) & (m < n) for m, n in zip(moved, shape)], axis=0)
-        found[valid] |= target[tuple(m[valid] for m in moved)]
+    # Flat indices in the source and target padded by the reach, so that every offset of a cell stays inside; each
+    # offset is then one flat step. The smaller side moves: with fewer target cells their neighbourhoods are marked
+    # and the source cells looked up once, else each offset is looked up at the source cells not found yet.
+    pad = [(r, r) for r in reach]
+    steps = np.cumprod((1,) + tuple(n + 2 * r for n, r in zip(target.shape[:0:-1], reach[:0:-1])))[::-1]
+    offsets = offsets[np.argsort(((offsets * np.asarray(spacing)) ** 2).sum(axis=1), kind="stable")]  # nearest first
+    points = np.flatnonzero(np.pad(source, pad))  # np.nonzero order
+    padded = np.pad(target, pad)
+    targets = np.flatnonzero(padded)
+    if len(targets) < len(points):
+        near = np.zeros(padded.size, dtype=bool)
+        for step in offsets @ steps:
+            near[targets + step] = True
+        return near[points]
+    padded = padded.ravel()
+    found = np.zeros(len(points), dtype=bool)
+    waiting = np.arange(len(points))  # cells still looked for, dropped once a good share of them was found
+    for step in offsets @ steps:
+        hit = padded[points + step]
+        found[waiting[hit]] = True
+        if 4 * np.count_nonzero(hit) > len(hit):
+            points, waiting = points[~hit], waiting[~hit]
     return found

@@ -1,17 +1,23 @@
-"""Dataset evaluation with the paper's click protocol: Dice and NSD per case, label and click on the original grid.
+"""Dataset evaluation with a published click protocol: Dice and NSD per case, label and click on the original grid.
 
 For every case and label value a fresh `InteractiveSession` receives simulated clicks (`clicks.next_click` on the
-label and the session's current mask, in voxel indices of the original grid, passed on as RAS points), exactly as a
-user's clicks would arrive. The random generator of a (case, label) pair is seeded from the seed, the case name and
-the label value, so results do not depend on the order of cases or on resuming.
+label and on what the protocol's rules see of the session's prediction, in voxel indices of the original grid,
+passed on as RAS points) exactly as a user's clicks arrive: each round feeds the newest click and the previous
+round's logits, as the model was trained and as the paper's validation fed it. The clicks of a (case, label) pair
+come from a legacy `RandomState` seeded by the seed, the case name and the label value, so results depend neither on
+the order of cases nor on resuming or on how many processes share the work.
+
+Several processes (torchrun): rank 0 checks the folders and the run and lists the unfinished cases; process r takes
+every world_size-th of them; rank 0 merges once all are done. The output folder must be one folder for all of them.
 
 Every label map is checked before any click (`check_cases`): whole numbers >= 0 and not the image itself, on the
 image's grid; a case without foreground is listed as empty, and an error inside a case names it (`CaseFailed`).
 
 Output folder: `cases/<case>.csv` (written when a case is finished; a re-run skips those cases), `metrics.csv` (all
-rows), `summary.json` (mean and std per click count, overall and per label) and `dice_vs_clicks.png`; `run.json`
-records the settings, the checkpoint's SHA256 and each run's software and device (`provenance`), so that a re-run
-into the same folder with other settings or another checkpoint is refused rather than mixing two models.
+rows), `summary.json` (`report.summarise`), `dice_vs_clicks.png`, for cvpr25 `cvpr25_cases.csv` (the challenge's
+numbers per case); `run.json` records the settings, the checkpoint's SHA256 and each run's software and device
+(`provenance`), so that a re-run into the same folder with other settings or another checkpoint is refused rather
+than mixing two models.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import json
 import time
 import zlib
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -28,13 +35,27 @@ import numpy as np
 
 from SAMMed3DLib import datasets, provenance
 from SAMMed3DLib.datasets import IMAGE_SUFFIXES, Case, label_names, label_values
+from SAMMed3DLib.distributed import Context, barrier, gather
 from SAMMed3DLib.errors import CaseFailed, MissingPackages, NotALabelMap, OtherRun, SAMMed3DError, UnknownChoice
 from SAMMed3DLib.evaluation.clicks import PROTOCOLS, next_click
 from SAMMed3DLib.evaluation.metrics import dice, nsd
-from SAMMed3DLib.evaluation.report import plot, read_rows, summarise, write_rows
+from SAMMed3DLib.evaluation.report import (
+    cvpr25_table,
+    plot,
+    read_rows,
+    summarise,
+    write_cvpr25_table,
+    write_rows,
+)
 from SAMMed3DLib.files import same_file, write_json
+from SAMMed3DLib.interactive.boxed_array import EMPTY, is_empty, nonzero_box, union
+from SAMMed3DLib.interactive.geometry import frame_region
 
-NSD_TOLERANCE_MM = 1.0
+NSD_TOLERANCE_MM = {"paper": 1.0, "cvpr25": 2.0, "random": 1.0, "ritm": 1.0}  # the challenge's 2 mm; the reference's 1
+# A process that has finished its cases waits for the others at one collective, possibly for hours; a process that
+# dies is noticed by torchrun, which stops the run, not by this timeout.
+PROCESS_TIMEOUT = timedelta(days=7)
+SINGLE_PROCESS = Context(0, 1, None)
 
 
 def require_packages() -> None:
@@ -47,7 +68,7 @@ class Settings:
     """What determines the numbers; stored in run.json and compared on a re-run."""
 
     click_count: int = 10
-    protocol: str = "random"
+    protocol: str = "paper"
     seed: int = 0
     labels_only: Optional[List[int]] = None
     modality: str = "auto"
@@ -74,8 +95,8 @@ def pair_cases(images: Path, labels: Path) -> List[Case]:
     return cases
 
 
-def _rng(seed: int, case: str, label: int) -> np.random.Generator:
-    return np.random.default_rng([seed, zlib.crc32(case.encode("utf-8")), label])
+def _rng(seed: int, case: str, label: int) -> np.random.RandomState:
+    return np.random.RandomState([seed, zlib.crc32(case.encode("utf-8")), label])
 
 
 def read_label(case: Case) -> Tuple[Any, List[int]]:
@@ -127,34 +148,61 @@ def evaluate_case(
 ) -> List[Dict[str, Any]]:
     """Rows (one per label value x click) of one case; `on_click()` after each click (progress)."""
     from SAMMed3DLib.interactive.geometry import Volume
-    from SAMMed3DLib.interactive.session import InteractiveSession
 
     label_volume, values = read_label(case)
     volume = Volume.read(case.image)
     labels = label_volume.array
     values = _wanted(values, settings)
-    spacing_kji = tuple(float(s) for s in volume.spacing[::-1])
     modality = settings.modality if settings.modality != "auto" else case.modality
     rows: List[Dict[str, Any]] = []
     for value in values:
-        truth = labels == value
-        rng = _rng(settings.seed, case.name, value)
-        session = InteractiveSession(predictor, volume, modality=modality)
-        mask = None
-        for number in range(1, settings.click_count + 1):
-            click = next_click(truth, mask, rng, settings.protocol, spacing_kji)
-            ras = volume.ijk_to_ras_points(np.array(click.index[::-1], dtype=np.float64))[0]
+        for row in _evaluate_target(predictor, volume, labels == value, settings, modality,
+                                    _rng(settings.seed, case.name, value), on_click):
+            rows.append({"case": case.name, "label": value, "label_name": names.get(value, ""), **row})
+    return rows
+
+
+def _evaluate_target(predictor: Any, volume, truth: np.ndarray, settings: Settings, modality: str,
+                     rng: np.random.RandomState, on_click: Optional[Callable[[], None]]) -> List[Dict[str, Any]]:
+    """The click rows of one object: each click from what the protocol's rules see of the prediction, then Dice,
+    NSD and volumes on the box around the truth and the prediction (the rest of the volume is empty in both)."""
+    from SAMMed3DLib.interactive.session import InteractiveSession
+
+    protocol = PROTOCOLS[settings.protocol]
+    spacing_kji = tuple(float(s) for s in volume.spacing[::-1])
+    voxel_ml = float(np.prod(spacing_kji)) / 1000.0
+    truth_box = nonzero_box(truth)
+    truth_ml = int(truth[truth_box].sum()) * voxel_ml
+    session = InteractiveSession(predictor, volume, modality=modality)
+    seen: Optional[np.ndarray] = None  # the prediction as the rules see it; None before the first click
+    box = truth_box
+    rows = []
+    for number in range(1, settings.click_count + 1):
+        click = next_click(protocol.name, number, truth[box], None if seen is None else seen[box], rng)
+        seconds = 0.0
+        if click is not None:  # None: nothing left to correct, the prediction stays
+            index = tuple(i + s.start for i, s in zip(click.index, box))
+            ras = volume.ijk_to_ras_points(np.array(index[::-1], dtype=np.float64))[0]
             start = time.perf_counter()
-            mask = session.add_click(ras, positive=click.positive).mask
+            session.add_click(ras, positive=click.positive)
             seconds = time.perf_counter() - start
-            k, j, i = click.index
-            rows.append({
-                "case": case.name, "label": value, "label_name": names.get(value, ""), "click": number,
-                "dice": dice(mask, truth), "nsd": nsd(mask, truth, spacing_kji, NSD_TOLERANCE_MM),
-                "positive": int(click.positive), "i": i, "j": j, "k": k, "seconds": round(seconds, 4),
-            })
-            if on_click is not None:
-                on_click()
+        mask = session.mask
+        rois = union(frame_region(volume, frame) for frame in session.frames)
+        predicted = EMPTY if is_empty(rois) else nonzero_box(mask[rois])
+        if not is_empty(predicted):
+            predicted = tuple(slice(p.start + r.start, p.stop + r.start) for p, r in zip(predicted, rois))
+        box = union([truth_box, predicted])
+        rows.append({
+            "click": number, "dice": dice(mask[box], truth[box]),
+            "nsd": nsd(mask[box], truth[box], spacing_kji, NSD_TOLERANCE_MM[protocol.name]),
+            "truth_ml": truth_ml, "predicted_ml": int(np.count_nonzero(mask[box])) * voxel_ml,
+            "positive": None if click is None else int(click.positive),
+            "i": None if click is None else index[2], "j": None if click is None else index[1],
+            "k": None if click is None else index[0], "seconds": round(seconds, 4),
+        })
+        seen = mask if protocol.logit_threshold == 0 else session.mask_above(protocol.logit_threshold)
+        if on_click is not None:
+            on_click()
     return rows
 
 
@@ -177,6 +225,15 @@ def _check_run(output: Path, settings: Settings, checkpoint: Dict[str, Any]) -> 
     return previous
 
 
+def _check_settings(settings: Settings) -> None:
+    if settings.protocol not in PROTOCOLS:
+        raise UnknownChoice("click protocol", settings.protocol, tuple(PROTOCOLS))
+    if settings.click_count < 1:
+        raise SAMMed3DError(f"the number of clicks must be at least 1, got {settings.click_count}")
+    if not 0 <= settings.seed < 2**32:
+        raise SAMMed3DError(f"the seed must be a whole number from 0 to {2**32 - 1}, got {settings.seed}")
+
+
 def evaluate(
     predictor: Any,
     images: Path,
@@ -187,31 +244,40 @@ def evaluate(
     checkpoint: Optional[Dict[str, Any]] = None,
     on_click: Optional[Callable[[Case, int, int], None]] = None,
     checked: Optional[Dict[str, List[int]]] = None,
-) -> Dict[str, Any]:
-    """Evaluate every case not yet finished in `output`, then (re)write metrics.csv, summary.json and the plot.
-    Returns the summary. `checkpoint` is the model's record (`provenance.checkpoint`); `on_case(case, done, to_do)`
-    is called before each case that is evaluated, `on_click(case, clicks done, clicks to do)` after each click
-    (progress). `checked`: `check_cases` of the cases to do, when the caller ran it before loading the model."""
-    require_packages()
-    if settings.protocol not in PROTOCOLS:
-        raise UnknownChoice("click protocol", settings.protocol, PROTOCOLS)
-    if settings.click_count < 1:
-        raise SAMMed3DError(f"the number of clicks must be at least 1, got {settings.click_count}")
-    cases = pair_cases(images, labels)
-    names = label_names(labels, images)
-    output = Path(output)
-    run = _check_run(output, settings, checkpoint or provenance.checkpoint(None))
-    case_dir = output / "cases"
-    todo = cases_to_do(cases, output)
-    values = checked if checked is not None else check_cases(todo, settings)
-    run["runs"].append(provenance.run(getattr(predictor, "label", type(predictor).__name__),
-                                      getattr(predictor, "device", "")))
-    write_json(output / "run.json", run)
+    context: Context = SINGLE_PROCESS,
+) -> Optional[Dict[str, Any]]:
+    """Evaluate every case not yet finished in `output`, then (re)write metrics.csv, summary.json, the plot and, for
+    cvpr25, cvpr25_cases.csv. Returns the summary (None on processes other than rank 0).
 
-    clicks, done_clicks = sum(len(values[case.name]) for case in todo) * settings.click_count, 0
-    for done, case in enumerate(todo):
+    `checkpoint` is the model's record (`provenance.checkpoint`, on rank 0); `on_case(case, done, to_do)` is called
+    before each case this process evaluates, `on_click(case, clicks done, clicks to do)` after each click (progress).
+    `checked`: `check_cases` of the cases to do, when the caller ran it before loading the model (on rank 0).
+    `context`: this process among several (`SAMMed3DLib.distributed.setup`); a case that fails raises `CaseFailed`
+    (with its rank in a run on several processes)."""
+    require_packages()
+    _check_settings(settings)
+    output = Path(output)
+    case_dir = output / "cases"
+    plan = None
+    if context.is_main:  # the others wait here; if this fails, torchrun stops them
+        cases = pair_cases(images, labels)
+        names = label_names(labels, images)
+        run = _check_run(output, settings, checkpoint or provenance.checkpoint(None))
+        todo = cases_to_do(cases, output)
+        values = checked if checked is not None else check_cases(todo, settings)
+        this_run = provenance.run(getattr(predictor, "label", type(predictor).__name__),
+                                  getattr(predictor, "device", ""))
+        if context.distributed:
+            this_run["processes"] = context.world_size
+        run["runs"].append(this_run)
+        write_json(output / "run.json", run)
+        plan = (cases, names, todo, values, run)
+    cases, names, todo, values, run = gather(context, plan)[0]
+    mine = todo[context.rank :: context.world_size]
+    clicks, done_clicks = sum(len(values[case.name]) for case in mine) * settings.click_count, 0
+    for done, case in enumerate(mine):
         if on_case is not None:
-            on_case(case, done, len(todo))
+            on_case(case, done, len(mine))
 
         def clicked(case: Case = case) -> None:
             nonlocal done_clicks
@@ -221,9 +287,15 @@ def evaluate(
 
         try:
             rows = evaluate_case(predictor, case, settings, names, on_click=clicked)
-        except (SAMMed3DError, ValueError, OSError) as error:
-            raise CaseFailed(case.name, error) from error
+        except Exception as error:
+            if not context.distributed and not isinstance(error, (SAMMed3DError, ValueError, OSError)):
+                raise  # a bug: its traceback
+            rank = context.rank if context.distributed else None
+            raise CaseFailed(case.name, error, rank) from error  # its one line; torchrun stops the rest
         write_rows(case_dir / f"{case.name}.csv", rows)
+    barrier(context)
+    if not context.is_main:
+        return None
 
     by_case = {case.name: read_rows(case_dir / f"{case.name}.csv") for case in cases}
     rows = [row for case_rows in by_case.values() for row in case_rows]
@@ -233,10 +305,22 @@ def evaluate(
         raise SAMMed3DError(f"no case has a foreground label value{wanted}; nothing to score")
     write_rows(output / "metrics.csv", rows)
     summary = {"settings": run["settings"], "checkpoint": run["checkpoint"], "runs": run["runs"],
-               "empty_cases": empty, **summarise(rows, settings.click_count)}
+               "protocol_source": PROTOCOLS[settings.protocol].source,
+               "nsd_tolerance_mm": NSD_TOLERANCE_MM[settings.protocol], "empty_cases": empty,
+               **summarise(rows, settings.click_count, settings.protocol)}
     write_json(output / "summary.json", summary)
-    plot(summary, settings.click_count, output / "dice_vs_clicks.png")
+    if settings.protocol == "cvpr25":
+        write_cvpr25_table(output / "cvpr25_cases.csv", cvpr25_table(rows), settings.click_count)
+    caption = (f"checkpoint {_checkpoint_label(run['checkpoint'])} · protocol {settings.protocol} · seed "
+               f"{settings.seed} · {summary['cases']} cases · NSD at {summary['nsd_tolerance_mm']:g} mm")
+    plot(summary, settings.click_count, output / "dice_vs_clicks.png", caption)
     return summary
+
+
+def _checkpoint_label(record: Dict[str, Any]) -> str:
+    """The checkpoint's file name and short SHA256 for the plot's caption."""
+    name = record.get("file") or record.get("given") or "none"
+    return f"{name} (SHA256 {record['sha256'][:12]})" if record.get("sha256") else name
 
 
 def cases_to_do(cases: List[Case], output: Path) -> List[Case]:

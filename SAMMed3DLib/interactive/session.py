@@ -81,6 +81,7 @@ class Prediction:
 class _Roi:
     frame: PatchFrame
     logits: np.ndarray  # float32 (1,1,32,32,32): this ROI's latest round, the next round's mask prompt
+    pasted: int = -1  # when these logits were pasted (the session's paste count), so pastes can be repeated in order
 
 
 @dataclass
@@ -175,6 +176,7 @@ class InteractiveSession:
         self._clicks: Tuple[Click, ...] = ()
         self._history: List[_Step] = []
         self._embeddings = EmbeddingCache() if embeddings is None else embeddings  # survives undo and reset
+        self._pastes = 0
 
     @property
     def clicks(self) -> Tuple[Click, ...]:
@@ -200,6 +202,15 @@ class InteractiveSession:
     def nbytes(self) -> int:
         """Bytes the session holds in its mask, initial mask and undo history (not the volume, not the cache)."""
         return self._mask.nbytes + self._initial.nbytes + sum(step.nbytes for step in self._history)
+
+    def mask_above(self, logit: float) -> np.ndarray:
+        """A new K,J,I uint8 mask of where the ROIs' newest logits, pasted in the same order, exceed `logit` instead
+        of 0 (`mask_above(0)` equals the live mask): the paper's click simulation, for one, reads logits > 0.5."""
+        mask = self._initial.copy()
+        for roi in sorted(self._rois, key=lambda roi: roi.pasted):
+            mask.grow(frame_region(self.volume, roi.frame))
+            paste_mask(self.volume, roi.frame, roi.logits[0, 0] - np.float32(logit), mask)
+        return mask.full()
 
     def add_click(self, ras_xyz, positive: bool = True) -> Prediction:
         """Segment with one more click at a RAS point (mm); ValueError if it lies outside the volume."""
@@ -313,7 +324,8 @@ class InteractiveSession:
             logits, _ = self.predictor.decode(embedding, point, label, logits)
             timings["decode"] += time.perf_counter() - started
         logits = np.asarray(logits, dtype=np.float32).reshape(1, 1, LOGITS_SIZE, LOGITS_SIZE, LOGITS_SIZE)
-        rois[index] = _Roi(roi.frame, logits)
+        self._pastes += 1
+        rois[index] = _Roi(roi.frame, logits, self._pastes)
         self._stage("paste", index)
         started = time.perf_counter()
         region = frame_region(self.volume, roi.frame)

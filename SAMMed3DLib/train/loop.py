@@ -33,13 +33,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from SAMMed3DLib import provenance
+from SAMMed3DLib.distributed import Context, barrier, gather, main_first, mean
 from SAMMed3DLib.errors import OtherRun, SAMMed3DError
 from SAMMed3DLib.evaluation import clicks, metrics
 from SAMMed3DLib.files import atomic_path
 from SAMMed3DLib.interactive.preprocess import normalise
 from SAMMed3DLib.train import data
 from SAMMed3DLib.train.config import APPLIED_ON_RESUME, TrainConfig
-from SAMMed3DLib.train.distributed import Context, barrier, gather, mean
 from SAMMed3DLib.weights import Progress
 
 LATEST = "sam_model_latest.pth"
@@ -267,12 +267,8 @@ class Trainer:
         elif config.checkpoint:
             from SAMMed3DLib import weights
 
-            # Rank 0 downloads a named checkpoint alone (one .part file, one rename); the others then find it cached.
-            if self.context.is_main:
-                source = weights.resolve(config.checkpoint, on_progress=self.on_download)
-            barrier(self.context)
-            if not self.context.is_main:
-                source = weights.resolve(config.checkpoint)
+            progress = self.on_download if self.context.is_main else None
+            source = main_first(self.context, lambda: weights.resolve(config.checkpoint, on_progress=progress))
             self.base = source
         if source is not None and not config.model_overrides:
             return load_sam_med3d(source, self.context.device, config.variant)
