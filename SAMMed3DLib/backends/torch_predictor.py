@@ -5,10 +5,13 @@ torch is imported inside the functions, so importing this module costs nothing u
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Tuple
+import contextlib
+import time
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Tuple
 
 import numpy as np
 
+from SAMMed3DLib.backends.cpu_threads import threads_to_use
 from SAMMed3DLib.backends.predictor import BACKENDS, DEVICES
 from SAMMed3DLib.errors import DeviceUnavailable, UnknownChoice
 
@@ -40,8 +43,15 @@ def select_device(name: str = "auto") -> torch.device:
     raise UnknownChoice("device", name, DEVICES)
 
 
+THREADS_FOR = 1.0  # seconds a CPU thread choice holds: an encode and the decodes right after it share one
+
+
 class TorchPredictor:
-    """The torch network (`SamMed3D`) behind the predictor protocol; the embedding stays on `torch_device`."""
+    """The torch network (`SamMed3D`) behind the predictor protocol; the embedding stays on `torch_device`.
+
+    On the CPU each encode and decode runs on the thread count torch had when the predictor was made (what the host
+    application or the user chose) less the cores other processes keep busy (`cpu_threads`), set in the calling
+    thread (torch's OpenMP thread count is per thread) and put back afterwards."""
 
     def __init__(self, model: torch.nn.Module, device: Any = "cpu"):
         import torch
@@ -50,11 +60,30 @@ class TorchPredictor:
         self.device = self.torch_device.type
         self.label = f"{BACKENDS['torch']} on {self.device}"
         self.model = model.to(self.torch_device).eval()
+        self.max_threads = torch.get_num_threads()
+        self._threads: Optional[Tuple[int, float]] = None  # (count, when chosen)
+
+    @contextlib.contextmanager
+    def _cpu_threads(self) -> Iterator[None]:
+        import torch
+
+        if self.device != "cpu":
+            yield
+            return
+        now = time.monotonic()
+        if self._threads is None or now - self._threads[1] > THREADS_FOR:
+            self._threads = (threads_to_use(self.max_threads), now)
+        previous = torch.get_num_threads()
+        torch.set_num_threads(self._threads[0])
+        try:
+            yield
+        finally:
+            torch.set_num_threads(previous)
 
     def encode(self, image: np.ndarray) -> torch.Tensor:
         import torch
 
-        with torch.inference_mode():
+        with torch.inference_mode(), self._cpu_threads():
             return self.model.encode(torch.from_numpy(np.ascontiguousarray(image, np.float32)).to(self.torch_device))
 
     def decode(
@@ -62,7 +91,7 @@ class TorchPredictor:
     ) -> Tuple[np.ndarray, np.ndarray]:
         import torch
 
-        with torch.inference_mode():
+        with torch.inference_mode(), self._cpu_threads():
             logits, iou = self.model.decode(
                 embedding,
                 torch.from_numpy(np.ascontiguousarray(points, np.float32)).to(self.torch_device),
