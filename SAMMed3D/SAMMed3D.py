@@ -52,8 +52,9 @@ class SAMMed3D(ScriptedLoadableModule):
         self.parent.helpText = (
             "Click on a structure in a CT or MRI volume and get it in 3D, with the SAM-Med3D network. "
             "Choose the model here, then use the <b>SAM-Med3D</b> effect in the Segment Editor: left-click to "
-            "include, Ctrl+left-click to exclude. Nothing is sent anywhere; the model is downloaded only when you "
-            "ask, and checked with SHA256."
+            "include, Ctrl+left-click (Cmd+left-click on macOS) to exclude; the effect's help lists every shortcut. "
+            "Slicer stays usable while the model works. Nothing is sent anywhere; the model is downloaded only when "
+            "you ask, and checked with SHA256."
         )
         self.parent.acknowledgementText = (
             "SAM-Med3D by Wang, Cheng, et al. (uni-medical/SAM-Med3D, Apache-2.0). PyTorch installation through the "

@@ -19,7 +19,7 @@ import slicer_qt_standin  # noqa: E402
 from slicer_core_app import SlicerCoreApp  # noqa: E402
 
 from SAMMed3DLib.evaluation.metrics import dice  # noqa: E402
-from SAMMed3DLib.testing.oracle import ThresholdPredictor  # noqa: E402
+from SAMMed3DLib.testing.oracle import GatedPredictor, ThresholdPredictor  # noqa: E402
 from SAMMed3DLib.testing.scenes import SHAPE, SPACING, letter_and_ball, rotation  # noqa: E402
 
 IN_THE_L = (12, 45, 36)  # K,J,I: in the L's foot, off its centre
@@ -442,24 +442,9 @@ def test_a_click_updates_the_closed_surface_once(scene):
 # -- 10. interaction: the main thread is never blocked -----------------------------------------------------------
 
 
-class Gate(ThresholdPredictor):
-    """The oracle whose encode waits until the test opens the gate: an encode as long as the test wants, and the
-    test decides when it ends (deterministic, and fast)."""
-
-    def __init__(self):
-        super().__init__()
-        self.entered, self.open, self.encodes = threading.Event(), threading.Event(), 0
-
-    def encode(self, image):
-        self.entered.set()
-        assert self.open.wait(30), "the test did not open the gate"
-        self.encodes += 1
-        return super().encode(image)
-
-
 @pytest.fixture
 def gated(scene):
-    gate = Gate()
+    gate = GatedPredictor()
     scene.effect = scene.app.activate_effect(gate)
     yield scene, gate
     gate.open.set()  # never leave the worker blocked
@@ -616,7 +601,7 @@ def test_the_first_click_loads_the_model_on_the_worker_and_the_load_can_be_cance
     pip_install = slicer.util.pip_install
     monkeypatch.setattr(slicer.util, "pip_install",
                         lambda requirements: installed.append(threading.current_thread()) or pip_install(requirements))
-    gate = Gate()
+    gate = GatedPredictor()
 
     def create_predictor(settings, path):
         loaded.append(threading.current_thread())

@@ -496,8 +496,6 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect, VTKObservationMix
     def _showStatus(self):
         """The status line: what runs and for how long, and how many clicks wait; else the last result. Called by
         the logic after each poll of the busy worker."""
-        if not hasattr(self, "statusLabel"):
-            return
         loading = self.logic.loadingJob()
         waiting = sum(1 for action in self._actions if action.kind == "click")
         parts = []

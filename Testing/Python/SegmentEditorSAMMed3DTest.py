@@ -12,7 +12,6 @@ Run: Slicer --testing --python-code "import slicer.testing; slicer.testing.runUn
 
 import os
 import tempfile
-import threading
 import time
 import unittest
 
@@ -25,7 +24,7 @@ from vtk.util import numpy_support
 
 from SAMMed3D import SAMMed3DLogic
 from SAMMed3DLib.slicer.setup import LOCAL_FILE, ModelSettings, missing_packages
-from SAMMed3DLib.testing.oracle import ThresholdPredictor
+from SAMMed3DLib.testing.oracle import GatedPredictor, ThresholdPredictor
 from SAMMed3DLib.testing.scenes import SHAPE, SPACING, letter_and_ball, rotation
 
 IN_THE_L = (12, 45, 36)  # K,J,I
@@ -188,14 +187,8 @@ class SegmentEditorSAMMed3DTest(unittest.TestCase):
     def test_the_main_thread_turns_while_an_encode_runs(self):
         """A click returns before its encode ends; Slicer's event loop keeps running (here: a timer) while the
         encode runs on the worker thread, which gets the GIL lent by the module's poll; the result lands later."""
-        gate = threading.Event()
-
-        class Gated(ThresholdPredictor):
-            def encode(self, image):
-                gate.wait(30)
-                return ThresholdPredictor.encode(self, image)
-
-        self.logic.setPredictor(Gated())
+        gated = GatedPredictor()
+        self.logic.setPredictor(gated)
         ticks = []
         timer = qt.QTimer()
         timer.setInterval(10)
@@ -212,24 +205,18 @@ class SegmentEditorSAMMed3DTest(unittest.TestCase):
             self.assertGreaterEqual(len(ticks), 10)
             self.assertIn("Encoding the region around the click", self.effect.statusLabel.text)
         finally:
-            gate.set()
+            gated.open.set()
             timer.stop()
         self.waitIdle()
         self.assertMatches(self.segmentArray("A"), self.letterL)
 
     def test_esc_during_an_encode_and_a_double_click(self):
-        gate = threading.Event()
-
-        class Gated(ThresholdPredictor):
-            def encode(self, image):
-                gate.wait(30)
-                return ThresholdPredictor.encode(self, image)
-
-        self.logic.setPredictor(Gated())
+        gated = GatedPredictor()
+        self.logic.setPredictor(gated)
         self.click(IN_THE_L, wait=False)
         self.editorWidget.setActiveEffect(None)  # what Esc does in the Segment Editor
         self.assertEqual(self.ourMarkups(), [])
-        gate.set()
+        gated.open.set()
         self.waitIdle()
         self.assertEqual(self.segmentArray("A").sum(), 0)
         self.assertEqual(self.ourMarkups(), [])
