@@ -426,8 +426,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect, VTKObservationMix
         """The model cannot load: a real failure, so a dialog; the waiting clicks go."""
         self._modelWanted = False
         self._dropWork("")
-        self._showError(f"{message}\n\nThe clicks were not applied; {NOT_CHANGED[0].lower()}{NOT_CHANGED[1:]}")
         self.updateGUIFromMRML()
+        self._showError(f"{message}\n\nThe clicks were not applied; {NOT_CHANGED[0].lower()}{NOT_CHANGED[1:]}")
 
     def _startClick(self, action, predictor):
         """Prepare the click on the main thread (the prompt book, what the segment holds) and hand its session step
@@ -453,11 +453,13 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect, VTKObservationMix
 
     def _clickDone(self, job):
         """On the main thread, when the worker ran a click: write it, or discard it (cancelled, failed, or the
-        segment changed meanwhile: then it runs again from what the segment holds), then start what waits."""
+        segment changed meanwhile: then it runs again from what the segment holds), then start what waits. A
+        failure's dialog comes last, once all is in order (its event loop takes clicks)."""
         running, self._running = self._running, None
         key, book = running.action.key, running.book
         segmentationNode = slicer.mrmlScene.GetNodeByID(key[0])
         gone = segmentationNode is None or segmentationNode.GetSegmentation().GetSegment(key[1]) is None
+        failure = None
         if book is not self._book or gone:
             pass  # its prompts were released (another source volume, the scene closed, the segment removed)
         elif job.cancelled:
@@ -468,7 +470,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect, VTKObservationMix
                 self._status = f"{user_message(job.error)} {NOT_CHANGED}"
             else:
                 logging.error("SAM-Med3D click failed", exc_info=job.error)
-                self._showError(f"SAM-Med3D failed: {job.error}\n\n{NOT_CHANGED} Details are in the log.")
+                failure = f"SAM-Med3D failed: {job.error}\n\n{NOT_CHANGED} Details are in the log."
         elif self._segmentStamp(key) != running.stamp:
             book.discard_click(key, job.result)
             self._actions.insert(0, running.action)  # the embedding is cached: this time it only decodes
@@ -484,6 +486,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect, VTKObservationMix
         self._advance()
         if self.scriptedEffect.active():
             self.updateGUIFromMRML()
+        if failure:
+            self._showError(failure)
 
     def _dropWork(self, message):
         """Drop every waiting action and discard the running click when it ends."""
