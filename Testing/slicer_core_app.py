@@ -7,11 +7,14 @@ vtkMRMLSegmentEditorNode, real slice nodes and interactors, and the wheel's own 
     segmentation = app.add_segmentation(volume, ["A", "B"])
     app.select_segment(segmentation, "A")
     effect = app.activate_effect(ThresholdPredictor())
-    app.click(world_ras)                      # a left click in a slice view, through processInteractionEvents
+    app.click(world_ras)                      # a left click in a slice view, through processInteractionEvents;
+                                              # returns once the segment holds the result (wait=False: at once,
+                                              # then app.wait_idle() turns the event loop until it is applied)
     mask = app.segment_array(segmentation, "A")
     app.close()                               # or `with SlicerCoreApp() as app:`
 
-Stood in, because the wheel has no Qt: the widgets (Testing/slicer_qt_standin.py), and three C++ classes written
+Stood in, because the wheel has no Qt: the widgets and Qt's timers with the event loop that fires them when
+slicer.app.processEvents() runs (Testing/slicer_qt_standin.py), and three C++ classes written
 here in Python, each method naming the lines of Slicer's source it follows (Slicer commit 583e9b37d5, for these
 files identical to v5.12.3 and, for the logic calls, to v5.10.0):
   - `EffectHost`: qSlicerSegmentEditorScriptedEffect with its base qSlicerSegmentEditorAbstractEffect, the effect's
