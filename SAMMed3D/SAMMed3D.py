@@ -6,6 +6,7 @@ Slicer; this file only connects it to Qt, the application settings and the user'
 """
 
 import contextlib
+import importlib.util
 import logging
 
 import ctk
@@ -277,10 +278,14 @@ class SAMMed3DLogic(ScriptedLoadableModuleLogic):
             self._dependenciesDeclined = True
             raise SAMMed3DError("The packages were not installed; SAM-Med3D cannot run without them.")
         stale = imported_already((["torch"] if torchMissing else []) + [import_name(r) for r in pip])
-        progress = slicer.util.createProgressDialog(
-            labelText="Installing " + ", ".join(names) + "...\nThis can take several minutes.", maximum=0,
-            windowTitle="SAM-Med3D")
-        slicer.app.processEvents()  # show it: pip keeps the main thread until it is done
+        # Slicer 5.12 and later show pip's own progress dialog (Base/Python/slicer/packaging.py, pip_install);
+        # earlier ones only log, and the busy dialog says what runs meanwhile.
+        progress = None
+        if importlib.util.find_spec("slicer.packaging") is None:
+            progress = slicer.util.createProgressDialog(
+                labelText="Installing " + ", ".join(names) + "...\nThis can take several minutes.", maximum=0,
+                windowTitle="SAM-Med3D")
+            slicer.app.processEvents()  # show it: pip keeps the main thread until it is done
         try:
             if torchMissing:
                 import PyTorchUtils
@@ -291,7 +296,8 @@ class SAMMed3DLogic(ScriptedLoadableModuleLogic):
             if pip:
                 slicer.util.pip_install(pip)
         finally:
-            progress.close()
+            if progress is not None:
+                progress.close()
         self._dependenciesDeclined = False
         if stale:
             self.restartNeeded = RESTART.format("the old version of " + ", ".join(stale) + " is still loaded")
