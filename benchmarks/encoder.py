@@ -14,7 +14,9 @@ loops (child processes) run: one thread (the "single-thread idle" time the other
 default thread count as SAMMed3DLib used it before it chose threads ("fixed"), and TorchPredictor (its choice);
 then ONNX Runtime with one intra-op thread and OnnxPredictor (its default threads), on an export of the same weights
 (made here unless `--onnx` names one). torch is imported before SAMMed3DLib in every child, as inside Slicer.
-Target: TorchPredictor under load at most 1.3x the single-thread idle time, and as fast as "fixed" when idle.
+Target: TorchPredictor under load at most 1.3x the single-thread idle time, and as fast as "fixed" when idle. On a
+shared machine "idle" is what other programs leave: the last column shows how many cores they kept busy during the
+encodes (Linux), so that a disturbed run can be told apart.
 """
 
 from __future__ import annotations
@@ -89,9 +91,9 @@ def serve_threads(configuration: str, folder: Path) -> None:
     encode()  # warm-up
     print(json.dumps({"peak_mb": 0.0}), flush=True)
     for _ in sys.stdin:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         encode()
-        print(json.dumps({"seconds": time.perf_counter() - start}), flush=True)
+        print(json.dumps({"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu}), flush=True)
 
 
 def serve(implementation: str, folder: Path, device_name: str, dtype_name: str) -> None:
@@ -160,10 +162,12 @@ class Worker:
             raise RuntimeError(f"benchmark worker failed: {self.process.args}")
         return json.loads(line)
 
-    def encode(self) -> None:
+    def encode(self) -> dict:
         self.process.stdin.write("\n")
         self.process.stdin.flush()
-        self.times.append(self._answer()["seconds"])
+        answer = self._answer()
+        self.times.append(answer["seconds"])
+        return answer
 
     @property
     def seconds(self) -> float:
@@ -182,6 +186,16 @@ def timed_in_turn(workers: List[Worker], repeats: int) -> None:
 
 def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
     return ((ours - reference).abs().max() / reference.abs().max()).item()
+
+
+def busy_cores_now() -> Optional[float]:
+    """CPU seconds the whole machine has spent busy so far (Linux /proc/stat), or None elsewhere."""
+    try:
+        with open("/proc/stat", encoding="utf-8") as stat:
+            fields = [int(value) for value in stat.readline().split()[1:]]
+    except OSError:
+        return None
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
 
 
 def busy_loops(count: int) -> List[subprocess.Popen]:
@@ -217,14 +231,19 @@ def threads_under_load(busy_cores: int, repeats: int, onnx: Optional[Path]) -> N
         workers = {c: Worker("threads", folder, "cpu", c) for c in configurations}
         idle: dict = {c: [] for c in configurations}
         busy: dict = {c: [] for c in configurations}
+        outside: dict = {(c, phase): [] for c in configurations for phase in ("idle", "busy")}
         for _ in range(repeats):
             for times in (idle, busy):
                 loops = busy_loops(busy_cores) if times is busy else []
                 time.sleep(0.3 if loops else 0.0)
                 try:
                     for configuration, worker in workers.items():
-                        worker.encode()
-                        times[configuration].append(worker.times[-1])
+                        before = busy_cores_now()
+                        answer = worker.encode()
+                        times[configuration].append(answer["seconds"])
+                        if before is not None:  # cores kept busy by others than this encode and our loops
+                            others = (busy_cores_now() - before - answer["cpu"]) / answer["seconds"] - len(loops)
+                            outside[configuration, "busy" if loops else "idle"].append(others)
                 finally:
                     stop(loops)
         for worker in workers.values():
@@ -232,13 +251,16 @@ def threads_under_load(busy_cores: int, repeats: int, onnx: Optional[Path]) -> N
         print(f"{os.cpu_count()} cores, torch {torch.__version__} default {torch.get_num_threads()} threads, "
               f"{busy_cores} busy loop(s); median of {repeats} encodes of a 128^3 patch, taken in turn, idle and busy "
               f"rounds interleaved; 1-minute load average after: {os.getloadavg()[0]:.2f}")
-        print(f"{'configuration':28s} {'idle s':>8s} {'busy s':>8s} {'busy / 1-thread idle':>21s}")
+        print(f"{'configuration':28s} {'idle s':>8s} {'busy s':>8s} {'busy / 1-thread idle':>21s}   "
+              "other load (cores, idle / busy rounds)")
         titles = {"fixed-1": "torch, 1 thread", "fixed": "torch, default threads", "torch": "TorchPredictor",
                   "onnx-1": "ONNX Runtime, 1 thread", "onnx": "OnnxPredictor"}
         for configuration in configurations:
             single = statistics.median(idle["onnx-1" if configuration.startswith("onnx") else "fixed-1"])
             i, b = statistics.median(idle[configuration]), statistics.median(busy[configuration])
-            print(f"{titles[configuration]:28s} {i:8.3f} {b:8.3f} {b / single:21.2f}")
+            load = " / ".join(f"{statistics.median(outside[configuration, phase]):.2f}"
+                              if outside[configuration, phase] else "?" for phase in ("idle", "busy"))
+            print(f"{titles[configuration]:28s} {i:8.3f} {b:8.3f} {b / single:21.2f}   {load}")
         today = statistics.median(idle["fixed"])
         print(f"TorchPredictor idle / default threads idle: {statistics.median(idle['torch']) / today:.2f}")
 
