@@ -24,6 +24,7 @@ from SAMMed3DLib.testing.random_weights import random_model
         (2, 2, None, 2),  # unknown (not Linux, a CPU set): as the host chose
         (2, 2, 0.0, 2),
         (2, 2, 0.4, 2),  # busy less than half the time: not taken
+        (2, 2, 0.5, 2),  # e.g. another program's OpenMP spin tail during half the samples
         (2, 2, 0.6, 1),
         (2, 2, 1.0, 1),
         (2, 2, 7.0, 1),  # never below one thread

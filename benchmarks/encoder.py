@@ -238,6 +238,7 @@ def threads_under_load(busy_cores: int, repeats: int, onnx: Optional[Path]) -> N
                 time.sleep(0.3 if loops else 0.0)
                 try:
                     for configuration, worker in workers.items():
+                        time.sleep(0.05)  # the previous child's OpenMP threads spin for up to ~10 ms after it ends
                         before = busy_cores_now()
                         answer = worker.encode()
                         times[configuration].append(answer["seconds"])

@@ -2,19 +2,22 @@
 
 torch's OpenMP threads (and ONNX Runtime's) spin while they wait for each other. When another process keeps one of
 two cores busy, one of the two threads shares its core with it and the other spins waiting for it: a two-thread
-encode then takes about 1.9x the time of one thread on an idle machine (benchmarks/encoder.py --busy-cores 1).
+encode then takes 1.5-1.9x the time of one thread on an idle machine (benchmarks/encoder.py --busy-cores 1).
 `OMP_WAIT_POLICY=PASSIVE` would help, but OpenMP reads it once, when torch is imported, and inside Slicer torch may
 have been imported before SAMMed3DLib. So the predictor asks before each encode how many cores other processes keep
 busy and uses the rest (at least one thread): `threads_to_use`.
 
 Linux only: the count comes from /proc/stat's `procs_running` (runnable threads of the whole system, now) minus this
-process's own runnable threads, over a few milliseconds. Elsewhere, or where the count is not about the cores this
-process may use (a CPU set or quota smaller than the machine), it is unknown and the caller keeps its thread count.
+process's own runnable threads, sampled over about 25 ms: long enough that the tail of another program's OpenMP
+region (its threads spin for up to about 10 ms after it ends) does not count as a busy core, short beside an encode.
+Elsewhere, or where the count is not about the cores this process may use (a CPU set smaller than the machine), it
+is unknown and the caller keeps its thread count.
 Nothing here imports torch.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
@@ -22,9 +25,9 @@ from typing import Callable, Optional
 
 PROC_STAT = Path("/proc/stat")
 OWN_TASKS = Path("/proc/self/task")
-SAMPLES = 10  # reads of procs_running, `SAMPLE_INTERVAL` seconds apart: about 10 ms per encode
-SAMPLE_INTERVAL = 0.001
-TAKEN = 0.5  # a core counts as taken when other processes keep it busy more than half of the samples
+SAMPLES = 10  # reads of procs_running, `SAMPLE_INTERVAL` seconds apart
+SAMPLE_INTERVAL = 0.0025
+TAKEN = 0.5  # a core counts as taken when other processes keep it busy in more than half of the samples
 
 
 def _procs_running() -> int:
@@ -81,5 +84,5 @@ def threads_to_use(
     others = busy()
     if others is None:
         return maximum
-    taken = int(others + (1 - TAKEN))
+    taken = max(0, math.ceil(others - TAKEN))
     return max(1, min(maximum, (cores or usable_cores()) - taken))
