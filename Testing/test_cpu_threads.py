@@ -82,5 +82,5 @@ def test_the_torch_predictor_encodes_on_the_chosen_threads_in_its_thread_and_put
     worker.start()
     worker.join()
     assert seen == [1, 1] and results[-1] == before  # 1 thread while it ran, put back after
-    assert chosen == [predictor.max_threads] == [before]  # chosen once for the encode and the decode after it
+    assert chosen == [predictor.max_threads] == [before]  # chosen for the encode; the decode keeps that choice
     assert torch.get_num_threads() == before

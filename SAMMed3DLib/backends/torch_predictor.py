@@ -6,8 +6,7 @@ torch is imported inside the functions, so importing this module costs nothing u
 from __future__ import annotations
 
 import contextlib
-import time
-from typing import TYPE_CHECKING, Any, Iterator, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Iterator, Tuple
 
 import numpy as np
 
@@ -43,15 +42,13 @@ def select_device(name: str = "auto") -> torch.device:
     raise UnknownChoice("device", name, DEVICES)
 
 
-THREADS_FOR = 1.0  # seconds a CPU thread choice holds: an encode and the decodes right after it share one
-
-
 class TorchPredictor:
     """The torch network (`SamMed3D`) behind the predictor protocol; the embedding stays on `torch_device`.
 
-    On the CPU each encode and decode runs on the thread count torch had when the predictor was made (what the host
-    application or the user chose) less the cores other processes keep busy (`cpu_threads`), set in the calling
-    thread (torch's OpenMP thread count is per thread) and put back afterwards."""
+    On the CPU each encode runs on the thread count torch had when the predictor was made (what the host application
+    or the user chose) less the cores other processes keep busy (`cpu_threads`, about 25 ms to find out); decodes,
+    too short to pay for that, run on the last encode's count. The count is set in the calling thread (torch's
+    OpenMP thread count is per thread) and put back afterwards."""
 
     def __init__(self, model: torch.nn.Module, device: Any = "cpu"):
         import torch
@@ -61,20 +58,19 @@ class TorchPredictor:
         self.label = f"{BACKENDS['torch']} on {self.device}"
         self.model = model.to(self.torch_device).eval()
         self.max_threads = torch.get_num_threads()
-        self._threads: Optional[Tuple[int, float]] = None  # (count, when chosen)
+        self._threads = self.max_threads  # the last encode's choice
 
     @contextlib.contextmanager
-    def _cpu_threads(self) -> Iterator[None]:
+    def _cpu_threads(self, choose: bool) -> Iterator[None]:
         import torch
 
         if self.device != "cpu":
             yield
             return
-        now = time.monotonic()
-        if self._threads is None or now - self._threads[1] > THREADS_FOR:
-            self._threads = (threads_to_use(self.max_threads), now)
+        if choose:
+            self._threads = threads_to_use(self.max_threads)
         previous = torch.get_num_threads()
-        torch.set_num_threads(self._threads[0])
+        torch.set_num_threads(self._threads)
         try:
             yield
         finally:
@@ -83,7 +79,7 @@ class TorchPredictor:
     def encode(self, image: np.ndarray) -> torch.Tensor:
         import torch
 
-        with torch.inference_mode(), self._cpu_threads():
+        with torch.inference_mode(), self._cpu_threads(choose=True):
             return self.model.encode(torch.from_numpy(np.ascontiguousarray(image, np.float32)).to(self.torch_device))
 
     def decode(
@@ -91,7 +87,7 @@ class TorchPredictor:
     ) -> Tuple[np.ndarray, np.ndarray]:
         import torch
 
-        with torch.inference_mode(), self._cpu_threads():
+        with torch.inference_mode(), self._cpu_threads(choose=False):
             logits, iou = self.model.decode(
                 embedding,
                 torch.from_numpy(np.ascontiguousarray(points, np.float32)).to(self.torch_device),
