@@ -5,8 +5,11 @@ Everything that can be plain Python lives in SAMMed3DLib.slicer (setup, prompts,
 Slicer; this file only connects it to Qt, the application settings and the user's consent.
 """
 
+import contextlib
+import importlib.util
 import logging
 
+import ctk
 import qt
 import slicer
 from slicer.ScriptedLoadableModule import (
@@ -28,10 +31,16 @@ from SAMMed3DLib.slicer.setup import (
     BackgroundDownload,
     ModelSettings,
     create_predictor,
+    import_name,
+    imported_already,
     missing_packages,
     model_file,
+    outdated_torch_imported,
     status_text,
 )
+from SAMMed3DLib.slicer.worker import Worker
+
+RESTART = "Restart Slicer to use the updated packages: {}."
 
 
 class SAMMed3D(ScriptedLoadableModule):
@@ -44,8 +53,9 @@ class SAMMed3D(ScriptedLoadableModule):
         self.parent.helpText = (
             "Click on a structure in a CT or MRI volume and get it in 3D, with the SAM-Med3D network. "
             "Choose the model here, then use the <b>SAM-Med3D</b> effect in the Segment Editor: left-click to "
-            "include, Ctrl+left-click to exclude. Nothing is sent anywhere; the model is downloaded only when you "
-            "ask, and checked with SHA256."
+            "include, Ctrl+left-click (Cmd+left-click on macOS) to exclude; the effect's help lists every shortcut. "
+            "Slicer stays usable while the model works. Nothing is sent anywhere; the model is downloaded only when "
+            "you ask, and checked with SHA256."
         )
         self.parent.acknowledgementText = (
             "SAM-Med3D by Wang, Cheng, et al. (uni-medical/SAM-Med3D, Apache-2.0). PyTorch installation through the "
@@ -80,6 +90,10 @@ class SAMMed3DWidget(ScriptedLoadableModuleWidget):
         self.ui.installButton.connect("clicked()", self.onInstall)
         self.ui.segmentEditorButton.connect("clicked()", lambda: slicer.util.selectModule("SegmentEditor"))
 
+    def enter(self):
+        """Entering the module: the settings may have changed meanwhile (another panel, a download, an install)."""
+        self.updateGUIFromSettings()
+
     def updateGUIFromSettings(self):
         settings = self.logic.settings()
         for combo, value in (
@@ -109,17 +123,28 @@ class SAMMed3DWidget(ScriptedLoadableModuleWidget):
         settings = self.logic.settings()
         local = settings.model == LOCAL_FILE
         self.ui.localPathLineEdit.enabled = local
+        # PyTorch reads a checkpoint file, ONNX Runtime an export folder: the browse button picks what fits.
+        self.ui.localPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs if settings.backend == "onnx" else (
+            ctk.ctkPathLineEdit.Files)
+        entry = None if local else weights.find(settings.model)
         try:
             settings.validated()
             path = model_file(settings)
-            text = f"Model: {path}" if path else "Model: not downloaded yet (downloaded on first use, or now)"
+            if path:
+                text = f"Model: {path}"
+            elif entry.url is None:
+                text = user_message(NotDownloadable(entry.name, entry.page))
+            else:
+                text = "Model: not downloaded yet (downloaded on first use, or now)"
         except SAMMed3DError as error:
             path, text = None, user_message(error)
-        self.ui.downloadButton.enabled = not local and path is None
+        self.ui.downloadButton.enabled = entry is not None and entry.url is not None and path is None
         torchMissing, pip = missing_packages(settings.backend)
         missing = (["torch"] if torchMissing else []) + pip
-        self.ui.installButton.enabled = bool(missing)
+        self.ui.installButton.enabled = bool(missing) and not self.logic.restartNeeded
         text += "<br>Missing packages: " + ", ".join(missing) if missing else "<br>All packages installed."
+        if self.logic.restartNeeded:
+            text += f"<br><b>{self.logic.restartNeeded}</b>"
         self.ui.modelStatusLabel.text = text
 
     def onDownload(self):
@@ -138,11 +163,20 @@ class SAMMed3DWidget(ScriptedLoadableModuleWidget):
 
 
 class SAMMed3DLogic(ScriptedLoadableModuleLogic):
-    """Settings, dependencies and the loaded model, shared by the module panel and the Segment Editor effect.
+    """Settings, dependencies, the loaded model and the worker thread, shared by the module panel and the Segment
+    Editor effect.
 
-    Installing packages and downloading run on the main thread's call (pip from a worker thread crashes Slicer on
-    macOS); only the download's network I/O runs in a worker thread, while a progress dialog keeps the UI alive.
+    Threads. Loading the model and the effect's encodes and decodes run on one worker thread (`worker`, see
+    SAMMed3DLib.slicer.worker), which touches neither Qt nor the scene. While it is busy a Qt timer on the main
+    thread polls it every `POLL_MS`: it lends the worker the GIL for up to `LEND_S` (Slicer's main thread holds it
+    otherwise), delivers finished jobs to their callbacks, then calls the listeners (the effect's status line).
+    Installing packages and downloading stay on the main thread (pip from a worker thread crashes Slicer on macOS)
+    and run from the event loop, never inside a click; only the download's network I/O runs in a thread of its own.
     """
+
+    POLL_MS = 25
+    LEND_S = 0.015
+    STATUS_MS = 5000  # status bar messages go after this long
 
     _instance = None
 
@@ -156,8 +190,14 @@ class SAMMed3DLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         self._predictor = None  # the loaded Predictor, or the one set with setPredictor
         self._loadedSettings = None  # the ModelSettings `_predictor` was loaded for; None for a set one
+        self._loading = None  # (Job, ModelSettings, callbacks) of the model load in progress
         self._downloads = {}  # registry name -> BackgroundDownload, kept while it runs (a cancelled dialog)
         self._dependenciesDeclined = False
+        self.restartNeeded = None  # why Slicer must restart before the model can load (an upgraded package)
+        self.worker = Worker()
+        self._poll = None  # the qt.QTimer that polls the worker while it is busy
+        self._listeners = []
+        self._held = 0  # > 0 while an effect handles an event: deliveries wait for the next tick
 
     # -- settings ----------------------------------------------------------------------------------------------
 
@@ -170,10 +210,58 @@ class SAMMed3DLogic(ScriptedLoadableModuleLogic):
         for key, value in settings.to_strings().items():
             stored.setValue(key, value)
 
+    # -- the worker --------------------------------------------------------------------------------------------
+
+    def submit(self, title, work, done):
+        """Run `work(job)` on the worker thread; `done(job)` later on the main thread (see the class docstring)."""
+        job = self.worker.submit(title, work, done)
+        if self._poll is None:
+            self._poll = qt.QTimer()
+            self._poll.setInterval(self.POLL_MS)
+            self._poll.connect("timeout()", self._onPoll)
+        if not self._poll.isActive():
+            self._poll.start()
+        return job
+
+    def _onPoll(self):
+        self.worker.lend(self.LEND_S)
+        if not self._held:
+            self.worker.deliver()
+        for listener in list(self._listeners):
+            listener()
+        if not self.worker.busy:
+            self._poll.stop()
+
+    @contextlib.contextmanager
+    def deliveriesHeld(self):
+        """While an event handler runs (it may open a dialog, whose event loop runs the timer), finished jobs wait
+        for the next tick: no callback runs inside a handler."""
+        self._held += 1
+        try:
+            yield
+        finally:
+            self._held -= 1
+
+    def addListener(self, listener):
+        """Call `listener()` after every poll of the busy worker, on the main thread."""
+        if listener not in self._listeners:
+            self._listeners.append(listener)
+
+    def removeListener(self, listener):
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
     # -- dependencies and model file ---------------------------------------------------------------------------
 
     def ensureDependencies(self, backend, askAgain=False):
-        """Install what the backend needs after asking the user, once per Slicer session unless `askAgain`."""
+        """Install what the backend needs after asking the user, once per Slicer session unless `askAgain`, with a
+        progress dialog. A package that was imported before its new version was installed needs a restart:
+        `restartNeeded` then says so, and so does the SAMMed3DError raised."""
+        outdated = outdated_torch_imported()
+        if outdated:
+            self.restartNeeded = RESTART.format(f"PyTorch {outdated} is still loaded")
+        if self.restartNeeded:
+            raise SAMMed3DError(self.restartNeeded)
         torchMissing, pip = missing_packages(backend)
         if not torchMissing and not pip:
             return
@@ -190,7 +278,16 @@ class SAMMed3DLogic(ScriptedLoadableModuleLogic):
         ):
             self._dependenciesDeclined = True
             raise SAMMed3DError("The packages were not installed; SAM-Med3D cannot run without them.")
-        with slicer.util.WaitCursor():
+        stale = imported_already((["torch"] if torchMissing else []) + [import_name(r) for r in pip])
+        # Slicer 5.12 and later show pip's own progress dialog (Base/Python/slicer/packaging.py, pip_install);
+        # earlier ones only log, and the busy dialog says what runs meanwhile.
+        progress = None
+        if importlib.util.find_spec("slicer.packaging") is None:
+            progress = slicer.util.createProgressDialog(
+                labelText="Installing " + ", ".join(names) + "...\nThis can take several minutes.", maximum=0,
+                windowTitle="SAM-Med3D")
+            slicer.app.processEvents()  # show it: pip keeps the main thread until it is done
+        try:
             if torchMissing:
                 import PyTorchUtils
 
@@ -199,7 +296,13 @@ class SAMMed3DLogic(ScriptedLoadableModuleLogic):
                     raise SAMMed3DError("PyTorch was not installed. Install it from the PyTorch Utils module.")
             if pip:
                 slicer.util.pip_install(pip)
+        finally:
+            if progress is not None:
+                progress.close()
         self._dependenciesDeclined = False
+        if stale:
+            self.restartNeeded = RESTART.format("the old version of " + ", ".join(stale) + " is still loaded")
+            raise SAMMed3DError(self.restartNeeded)
 
     def ensureModelFile(self, settings):
         """The model file: local, cached, or downloaded now with a progress dialog (after asking)."""
@@ -240,20 +343,55 @@ class SAMMed3DLogic(ScriptedLoadableModuleLogic):
         None goes back to the configured model."""
         self._predictor, self._loadedSettings = predictor, None
 
-    def predictor(self):
-        """The configured model, loaded once; sets up dependencies and downloads on first use."""
-        if self._predictor is not None and self._loadedSettings is None:  # set with setPredictor
+    def loadedPredictor(self):
+        """The predictor to run now: the one set with setPredictor, or the configured model once loaded for the
+        current settings; None until then (`loadPredictor`)."""
+        if self._predictor is not None and self._loadedSettings in (None, self.settings()):
             return self._predictor
+        return None
+
+    def loadingJob(self):
+        """The job loading the model, while it runs."""
+        return self._loading[0] if self._loading else None
+
+    def loadPredictor(self, done):
+        """Load the configured model: first, on the main thread, its packages and file (asking the user, with
+        progress dialogs: call this from the event loop, never inside a click), then the model itself on the worker.
+        `done(job)` runs on the main thread when it is loaded (`job.result`), failed (`job.error`) or was cancelled
+        (`cancelLoading`). A load already running for the same settings is joined. Raises SAMMed3DError for what
+        the user must do first."""
         settings = self.settings().validated()
-        if self._predictor is None or self._loadedSettings != settings:
-            self.ensureDependencies(settings.backend)
-            path = self.ensureModelFile(settings)
-            with slicer.util.WaitCursor():
-                slicer.util.showStatusMessage("SAM-Med3D: loading the model...")
-                predictor = create_predictor(settings, path)
-            logging.info(f"SAM-Med3D: loaded {path}: {predictor.label}")
-            self._predictor, self._loadedSettings = predictor, settings
-        return self._predictor
+        if self._loading and self._loading[1] == settings and not self._loading[0].cancelled:
+            self._loading[2].append(done)
+            return self._loading[0]
+        self.ensureDependencies(settings.backend)
+        path = self.ensureModelFile(settings)
+        slicer.util.showStatusMessage(f"SAM-Med3D: loading {path.name}...")  # replaced when done
+        callbacks = [done]
+        job = self.submit(f"Loading the model ({path.name})", lambda job: create_predictor(settings, path),
+                          lambda job: self._loaded(job, settings, callbacks))
+        self._loading = (job, settings, callbacks)
+        return job
+
+    def cancelLoading(self):
+        """Stop waiting for the model: the load cannot be interrupted, but what it brings is discarded."""
+        if self._loading:
+            self._loading[0].cancel()
+
+    def _loaded(self, job, settings, callbacks):
+        if self._loading and self._loading[0] is job:
+            self._loading = None
+        if job.cancelled:
+            message = "SAM-Med3D: loading the model was cancelled"
+        elif job.error is not None:
+            message = "SAM-Med3D: the model could not be loaded"
+        else:
+            self._predictor, self._loadedSettings = job.result, settings
+            logging.info(f"SAM-Med3D: loaded {settings}: {job.result.label} in {job.elapsed():.1f} s")
+            message = f"SAM-Med3D: model ready ({job.result.label}, loaded in {job.elapsed():.1f} s)"
+        slicer.util.showStatusMessage(message, self.STATUS_MS)
+        for callback in callbacks:
+            callback(job)
 
     def statusText(self, timings=None):
         if self._predictor is None:
@@ -294,5 +432,5 @@ class SAMMed3DTest(ScriptedLoadableModuleTest):
         self.assertIn("not loaded", logic.statusText())
         oracle = ThresholdPredictor()
         logic.setPredictor(oracle)
-        self.assertIs(logic.predictor(), oracle)
+        self.assertIs(logic.loadedPredictor(), oracle)
         self.assertEqual(logic.statusText({"decode": 0.5}), f"{oracle.label} | last click 0.50 s (decode 0.50 s)")

@@ -7,11 +7,14 @@ vtkMRMLSegmentEditorNode, real slice nodes and interactors, and the wheel's own 
     segmentation = app.add_segmentation(volume, ["A", "B"])
     app.select_segment(segmentation, "A")
     effect = app.activate_effect(ThresholdPredictor())
-    app.click(world_ras)                      # a left click in a slice view, through processInteractionEvents
+    app.click(world_ras)                      # a left click in a slice view, through processInteractionEvents;
+                                              # returns once the segment holds the result (wait=False: at once,
+                                              # then app.wait_idle() turns the event loop until it is applied)
     mask = app.segment_array(segmentation, "A")
     app.close()                               # or `with SlicerCoreApp() as app:`
 
-Stood in, because the wheel has no Qt: the widgets (Testing/slicer_qt_standin.py), and three C++ classes written
+Stood in, because the wheel has no Qt: the widgets and Qt's timers with the event loop that fires them when
+slicer.app.processEvents() runs (Testing/slicer_qt_standin.py), and three C++ classes written
 here in Python, each method naming the lines of Slicer's source it follows (Slicer commit 583e9b37d5, for these
 files identical to v5.12.3 and, for the logic calls, to v5.10.0):
   - `EffectHost`: qSlicerSegmentEditorScriptedEffect with its base qSlicerSegmentEditorAbstractEffect, the effect's
@@ -68,6 +71,7 @@ class EffectHost:
         self._editor = None  # the widget behind setCallbackSlots
         self._logic = None  # setSegmentEditorLogic
         self._parameterSetNode = None
+        self._confirmedSegment = None  # m_AlreadyConfirmedSegmentVisible
         self.optionsFrameWidget = standin.Widget()  # abstract 456-461; the editor adds it to its options (widget 546)
         self.options = []
 
@@ -233,6 +237,36 @@ class EffectHost:
         LOGIC.XyzToRas([float(xy.x()), float(xy.y()), 0.0], ras, sliceWidget.sliceLogic().GetSliceNode())
         return standin.Vector3D(*ras)
 
+    def confirmCurrentSegmentVisible(self):
+        """abstract 663-762: ConfirmedWithoutDialog (1) without a selected segment, when this segment was confirmed
+        before (685-694) or is visible in a display node (696-704); else the Yes/No/Cancel question (710-731),
+        answered here from `record.hidden_segment_answers` ("yes" when empty): Yes shows the segment (740-748), No
+        confirms this segment (752), Cancel returns NotConfirmed (0); answered: ConfirmedWithDialog (2)."""
+        node = self._parameterSetNode
+        segmentationNode = node.GetSegmentationNode() if node else None
+        segmentId = node.GetSelectedSegmentID() if segmentationNode else None
+        if not segmentId:
+            return 1
+        segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
+        if self._confirmedSegment is segment:
+            return 1
+        for index in range(segmentationNode.GetNumberOfDisplayNodes()):
+            display = segmentationNode.GetNthDisplayNode(index)
+            if display and display.GetVisibility() and display.GetSegmentVisibility(segmentId):
+                return 1
+        record = self._editor.record
+        record.questions.append("The currently selected segment is hidden. Would you like to make it visible?")
+        answer = record.hidden_segment_answers.pop(0) if record.hidden_segment_answers else "yes"
+        if answer == "cancel":
+            return 0
+        if answer == "yes":
+            display = segmentationNode.GetDisplayNode()
+            display.SetVisibility(True)
+            display.SetSegmentVisibility(segmentId, True)
+        else:
+            self._confirmedSegment = segment
+        return 2
+
     def selectEffect(self, effectName):  # abstract 313-317 -> widget setActiveEffectByName 1986-1990
         self._editor.setActiveEffectByName(effectName)
 
@@ -306,8 +340,9 @@ class SegmentEditorWidget:
     when the parameter node changes (updateWidgetFromMRML), which is where effects are activated and told about a
     new source volume. Its options area is the Qt parent of each effect's options frame (widget 546)."""
 
-    def __init__(self, scene, application_logic):
+    def __init__(self, scene, application_logic, record=None):
         self.scene = scene
+        self.record = record or standin.Record()  # what effects' dialogs asked (confirmCurrentSegmentVisible)
         self.logic = LOGIC()  # widget 254
         # setMRMLScene 1146-1193
         self.logic.SetMRMLApplicationLogic(application_logic)
@@ -498,7 +533,8 @@ class Application:
         return True
 
     def processEvents(self):
-        """QCoreApplication::processEvents: the effect runs on the caller's thread, so there is nothing queued."""
+        """QCoreApplication::processEvents: the timers that are due fire (the stand-in's event loop)."""
+        standin.EventLoop.process_events()
 
     def pauseRender(self):  # slicer.util.RenderBlocker
         pass
@@ -531,7 +567,7 @@ class SlicerCoreApp:
     def __init__(self):
         self.record = standin.Record()
         self._saved_modules = {name: sys.modules.get(name) for name in (
-            *EXTENSION_MODULES, "qt", "SegmentEditorEffects", "PyTorchUtils", "slicer.ScriptedLoadableModule",
+            *EXTENSION_MODULES, "qt", "ctk", "SegmentEditorEffects", "PyTorchUtils", "slicer.ScriptedLoadableModule",
             "qSlicerSegmentationsEditorEffectsPythonQt")}
         self._saved_attributes = {name: getattr(slicer, name, None) for name in SLICER_ATTRIBUTES}
         replacements = standin.util_replacements(self.record)
@@ -573,8 +609,9 @@ class SlicerCoreApp:
 
         qt = standin.qt_module()
         standin.Settings.store = {}
+        standin.EventLoop.timers = []
         sys.modules.update({
-            "qt": qt, "SegmentEditorEffects": standin.effects_module(qt),
+            "qt": qt, "ctk": standin.ctk_module(), "SegmentEditorEffects": standin.effects_module(qt),
             "PyTorchUtils": standin.pytorch_utils_module(self.record),
             "slicer.ScriptedLoadableModule": standin.scripted_module(),
             "qSlicerSegmentationsEditorEffectsPythonQt": types.SimpleNamespace(
@@ -598,7 +635,7 @@ class SlicerCoreApp:
         import SegmentEditorSAMMed3D
 
         SegmentEditorSAMMed3D.registerEditorEffect()
-        self.editor = SegmentEditorWidget(self.scene, self.application_logic)
+        self.editor = SegmentEditorWidget(self.scene, self.application_logic, self.record)
         self.editor.setMaximumNumberOfUndoStates(10)
         self.editor_node = self.scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode", "SegmentEditor")
         self.editor.setMRMLSegmentEditorNode(self.editor_node)
@@ -626,6 +663,7 @@ class SlicerCoreApp:
                 setattr(slicer, name, value)
         for name, function in self._saved_util.items():
             setattr(slicer.util, name, function)
+        standin.EventLoop.timers = []
 
     def __enter__(self):
         return self
@@ -733,23 +771,63 @@ class SlicerCoreApp:
         self.editor.setCurrentSegmentID(segment_id)
 
     # -- the user in the views and the options panel
-    def click(self, world_ras, positive=True):
+    def click(self, world_ras, positive=True, wait=True):
         """A left click (Ctrl+left click when not `positive`) at a world RAS point in the slice view, delivered as
-        Qt and VTK deliver it (press, then release) to the editor's processEvents; returns the press's abort flag
-        once the segment holds the result. The effect works on the caller's thread, so that is when processEvents
-        returns; an effect that works in the background must make slicer.app.processEvents deliver its results,
-        and this is the place to pump them."""
-        x, y = self.view.centre_on(world_ras)
-        self.view.interactor.SetEventInformation(x, y, int(not positive), 0, "\0", 0, None)
-        aborted = self.editor.processEvents(self.view, vtk.vtkCommand.LeftButtonPressEvent)
-        self.editor.processEvents(self.view, vtk.vtkCommand.LeftButtonReleaseEvent)
+        Qt and VTK deliver it (press, then release) to the editor's processEvents; returns the press's abort flag.
+        With `wait`, it returns once the segment holds the result (`wait_idle`); without, right after the events,
+        as the view gets control back in Slicer."""
+        aborted = self._mouse(world_ras, positive, (vtk.vtkCommand.LeftButtonPressEvent,
+                                                    vtk.vtkCommand.LeftButtonReleaseEvent))
         slicer.app.processEvents()
+        if wait:
+            self.wait_idle()
         return aborted
 
-    def key(self, keysym, shift=False):
-        """A key press in the slice view (e.g. "BackSpace", "x"); returns the abort flag."""
+    def double_click(self, world_ras, positive=True, wait=True):
+        """Two quick presses on one spot: Qt's press, release, double-click, release reach VTK (QVTKInteractorAdapter,
+        Kitware/VTK GUISupport/Qt/QVTKInteractorAdapter.cxx:150-186, VTK >= 9.1) as LeftButtonPress,
+        LeftButtonRelease, LeftButtonDoubleClick, LeftButtonRelease. Returns the abort flags of the press and of
+        the double click."""
+        press, _, double, _ = self._mouse(world_ras, positive, (
+            vtk.vtkCommand.LeftButtonPressEvent, vtk.vtkCommand.LeftButtonReleaseEvent,
+            vtk.vtkCommand.LeftButtonDoubleClickEvent, vtk.vtkCommand.LeftButtonReleaseEvent), every=True)
+        slicer.app.processEvents()
+        if wait:
+            self.wait_idle()
+        return press, double
+
+    def _mouse(self, world_ras, positive, events, every=False):
+        x, y = self.view.centre_on(world_ras)
+        self.view.interactor.SetEventInformation(x, y, int(not positive), 0, "\0", 0, None)
+        flags = [self.editor.processEvents(self.view, event) for event in events]
+        return flags if every else flags[0]
+
+    def key(self, keysym, shift=False, wait=True):
+        """A key press in the slice view (e.g. "BackSpace", "x"); returns the abort flag (with `wait`, once the
+        effect is idle)."""
         self.view.interactor.SetKeyEventInformation(0, int(shift), "\0", 0, keysym)
-        return self.editor.processEvents(self.view, vtk.vtkCommand.KeyPressEvent)
+        aborted = self.editor.processEvents(self.view, vtk.vtkCommand.KeyPressEvent)
+        if wait:
+            self.wait_idle()
+        return aborted
+
+    def escape(self):
+        """Esc in the Segment Editor: its shortcut deactivates the active effect (Widgets/
+        qMRMLSegmentEditorWidget.cxx:2342-2346 -> onSelectEffectShortcut 2409-2431 with effect index 0, no effect);
+        it does not reach the effect as a key event."""
+        self.editor.setActiveEffect(None)
+
+    def wait_idle(self, timeout=60.0):
+        """Turn the event loop (slicer.app.processEvents) until no timer is active, i.e. nothing the extension
+        started waits to run on the main thread; RuntimeError after `timeout` seconds."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while not standin.EventLoop.idle():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the extension was still busy after {timeout} s")
+            slicer.app.processEvents()
+            time.sleep(0.002)
 
     def _effect(self):
         host = self.editor.activeEffect()
@@ -757,12 +835,16 @@ class SlicerCoreApp:
             raise RuntimeError("SAM-Med3D is not the active effect")
         return host.self()
 
-    def undo_click(self):
+    def undo_click(self, wait=True):
         """The options panel's "Undo click" button."""
         self._effect().undoButton.click()
         slicer.app.processEvents()
+        if wait:
+            self.wait_idle()
 
-    def reset(self):
+    def reset(self, wait=True):
         """The options panel's "Reset" button."""
         self._effect().resetButton.click()
         slicer.app.processEvents()
+        if wait:
+            self.wait_idle()

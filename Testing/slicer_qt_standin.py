@@ -112,12 +112,16 @@ class ComboBox(Widget):
 
 
 class PathLineEdit(Widget):
-    """ctkPathLineEdit: currentPath, and currentPathChanged(QString) when it is set."""
+    """ctkPathLineEdit (commontk/CTK Libs/Widgets/ctkPathLineEdit.h): currentPath, currentPathChanged(QString) when
+    it is set, and `filters` (the Filter enum, 128-142: Dirs 0x001, Files 0x002), which decide what its browse
+    button picks (ctkPathLineEdit.cpp:551: a file dialog with Files, else a folder dialog)."""
+
+    Dirs, Files = 0x001, 0x002
 
     def __init__(self, text="", parent=None):
         super().__init__(text, parent)
         self._path = ""
-
+        self.filters = self.Files | self.Dirs
     @property
     def currentPath(self):
         return self._path
@@ -151,6 +155,77 @@ class Settings:
 
     def setValue(self, key, value):
         self.store[key] = value
+
+
+class EventLoop:
+    """The application's event loop, as far as timers go: QCoreApplication::processEvents (slicer.app.processEvents
+    in Testing/slicer_core_app.py) fires the active timers that are due, each at most once per call, in the order
+    they were started. One loop per process, emptied by each SlicerCoreApp."""
+
+    timers: list = []
+
+    @classmethod
+    def process_events(cls) -> int:
+        """Fire the due timers; the number fired."""
+        import time
+
+        now, fired = time.monotonic(), 0
+        for timer in [t for t in cls.timers if t._due <= now]:
+            if timer in cls.timers:  # a slot of an earlier timer may have stopped it
+                timer._fire(now)
+                fired += 1
+        return fired
+
+    @classmethod
+    def idle(cls) -> bool:
+        """No timer is active: nothing is waiting to run on the main thread."""
+        return not cls.timers
+
+
+class Timer(Widget):
+    """QTimer as PythonQt exposes it: the `interval` property, setInterval, setSingleShot, start()/start(msec),
+    stop(), isActive(), the timeout() signal; and the static QTimer.singleShot(msec, callable)."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent=parent)
+        self.interval, self._due = 0, None
+        self._single = False
+
+    def setInterval(self, msec):
+        self.interval = msec
+
+    def setSingleShot(self, single):
+        self._single = bool(single)
+
+    def start(self, msec=None):
+        import time
+
+        if msec is not None:
+            self.interval = msec
+        self._due = time.monotonic() + self.interval / 1000.0
+        if self not in EventLoop.timers:
+            EventLoop.timers.append(self)
+
+    def stop(self):
+        if self in EventLoop.timers:
+            EventLoop.timers.remove(self)
+
+    def isActive(self):
+        return self in EventLoop.timers
+
+    def _fire(self, now):
+        if self._single:
+            self.stop()
+        else:
+            self._due = now + self.interval / 1000.0
+        self.emit("timeout()")
+
+    @staticmethod
+    def singleShot(msec, slot):
+        timer = Timer()
+        timer.setSingleShot(True)
+        timer.connect("timeout()", slot)
+        timer.start(msec)
 
 
 class Point:
@@ -190,7 +265,14 @@ def qt_module() -> types.ModuleType:
     qt.QIcon = lambda *args: ("QIcon", args)
     qt.QSettings = Settings
     qt.QPoint, qt.QVector3D = Point, Vector3D
+    qt.QTimer = Timer
     return qt
+
+
+def ctk_module() -> types.ModuleType:
+    ctk = types.ModuleType("ctk")
+    ctk.ctkPathLineEdit = PathLineEdit
+    return ctk
 
 
 def load_ui(path):
@@ -218,11 +300,14 @@ class Progress:
 
 class Record:
     """What the code under test showed and asked: error texts, progress dialogs, confirmations (answered from
-    `answers`, True when it runs out), pip installs, PyTorchUtils installs and modules selected."""
+    `answers`, True when it runs out; the hidden-segment question from `hidden_segment_answers`, "yes", "no" or
+    "cancel"), status bar messages with their durations, pip installs, PyTorchUtils installs and modules
+    selected."""
 
     def __init__(self):
         self.messages, self.progress, self.questions, self.answers, self.pip, self.torch = [], [], [], [], [], []
         self.selected, self.cancel = [], False  # cancel: progress dialogs report wasCanceled
+        self.hidden_segment_answers, self.status = [], []
 
 
 def util_replacements(record: Record) -> dict:
@@ -244,7 +329,7 @@ def util_replacements(record: Record) -> dict:
         "confirmOkCancelDisplay": confirmOkCancelDisplay,
         "createProgressDialog": createProgressDialog,
         "WaitCursor": contextlib.nullcontext,
-        "showStatusMessage": lambda text, duration=0: None,
+        "showStatusMessage": lambda text, duration=0: record.status.append((text, duration)),
         "mainWindow": lambda: types.SimpleNamespace(cursor="arrow"),
         "loadUI": load_ui,
         "childWidgetVariables": lambda widget: types.SimpleNamespace(**widget.children),

@@ -5,16 +5,21 @@ processInteractionEvents; the segments are read with Slicer's own export."""
 
 from __future__ import annotations
 
+import sys
+import threading
+import time
+
 import numpy as np
 import pytest
 
 pytest.importorskip("slicer_core", reason="the effect's tests run on Slicer's libraries (slicer-core, Python >= 3.10)")
 
 import slicer  # noqa: E402
+import slicer_qt_standin  # noqa: E402
 from slicer_core_app import SlicerCoreApp  # noqa: E402
 
 from SAMMed3DLib.evaluation.metrics import dice  # noqa: E402
-from SAMMed3DLib.testing.oracle import ThresholdPredictor  # noqa: E402
+from SAMMed3DLib.testing.oracle import GatedPredictor, ThresholdPredictor  # noqa: E402
 from SAMMed3DLib.testing.scenes import SHAPE, SPACING, letter_and_ball, rotation  # noqa: E402
 
 IN_THE_L = (12, 45, 36)  # K,J,I: in the L's foot, off its centre
@@ -49,8 +54,8 @@ class Scene:
         to_world = slicer.util.arrayFromTransformMatrix(self.volume_transform, toWorld=True)
         return (to_world @ self.ijk_to_ras @ [i, j, k, 1.0])[:3]
 
-    def click(self, kji, positive=True):
-        return self.app.click(self.world(kji), positive)
+    def click(self, kji, positive=True, wait=True):
+        return self.app.click(self.world(kji), positive, wait)
 
     def segment(self, segment_id="A"):
         return self.app.segment_array(self.segmentation, segment_id)
@@ -102,14 +107,12 @@ def test_a_click_lands_on_the_voxel_and_the_result_in_place(both_geometries):
     assert np.linalg.norm(centroid_world(s, mask) - centroid_world(s, s.letter_l)) < 2.0
     assert mask[s.ball].sum() == 0 and s.segment("B").sum() == 0
     assert s.app.editor_logic.CanUndo()
-    assert len(s.app.record.progress) == 1 and s.app.record.progress[0].closed  # the first encode, then closed
+    assert not s.app.record.progress and not s.app.record.messages  # no dialog: the status line says it
     assert s.effect.statusLabel.text.startswith(f"{ThresholdPredictor.label} | last click ")
     include = s.markups()
-    assert include.GetNumberOfControlPoints() == 1
+    assert include.GetNumberOfControlPoints() == 1 and include.GetNthControlPointSelected(0)  # applied
     np.testing.assert_allclose(include.GetNthControlPointPositionWorld(0), s.world(IN_THE_L), atol=1e-6)
     assert include.GetLocked() and include.GetHideFromEditors() and not include.GetSaveWithScene()
-    color = s.segmentation.GetSegmentation().GetSegment("A").GetColor()
-    np.testing.assert_allclose(include.GetDisplayNode().GetSelectedColor(), color)
 
 
 def test_the_editors_undo_and_redo_restore_a_click_exactly(scene):
@@ -127,7 +130,7 @@ def test_ctrl_click_excludes_backspace_undoes_and_shift_backspace_resets(scene):
     scene.click(IN_THE_L, positive=False)
     assert scene.segment().sum() < 0.1 * after_include.sum()
     assert scene.markups(False).GetNumberOfControlPoints() == 1
-    assert scene.markups(False).GetDisplayNode().GetGlyphTypeAsString() == "Cross2D"
+    assert scene.markups(False).GetDisplayNode().GetGlyphTypeAsString() == "ThickCross2D"
     assert scene.app.key("BackSpace") is True
     np.testing.assert_array_equal(scene.segment(), after_include)
     assert scene.markups(False).GetNumberOfControlPoints() == 0
@@ -145,12 +148,13 @@ def test_the_exclude_toggle_is_an_editor_parameter(scene):
     assert scene.segment().sum() == 0 and scene.markups(False).GetNumberOfControlPoints() == 1
 
 
-def test_a_click_outside_the_volume_is_refused_with_a_message(scene):
+def test_a_click_outside_the_volume_is_refused_on_the_status_line(scene):
     scene.click(IN_THE_L)
     before = scene.segment()
     scene.app.click(scene.world(IN_THE_L) + np.array([0.0, 0.0, 400.0]))
-    assert "outside the volume" in scene.effect.statusLabel.text and "not changed" in scene.effect.statusLabel.text
-    assert scene.app.record.messages and "outside the volume" in scene.app.record.messages[-1]
+    assert "outside the volume 'volume'" in scene.effect.statusLabel.text
+    assert "not changed" in scene.effect.statusLabel.text
+    assert not scene.app.record.messages  # a routine misclick opens no dialog
     np.testing.assert_array_equal(scene.segment(), before)
     assert scene.markups().GetNumberOfControlPoints() == 1
 
@@ -164,9 +168,10 @@ def test_model_errors_leave_every_segment_unchanged(scene):
     scene.app.activate_effect(Broken())
     scene.click(IN_THE_L)
     assert "CUDA out of memory" in scene.effect.statusLabel.text and "not changed" in scene.effect.statusLabel.text
+    assert len(scene.app.record.messages) == 1 and "CUDA out of memory" in scene.app.record.messages[0]  # a dialog
     assert scene.segment().sum() == 0
     np.testing.assert_array_equal(scene.segment("B"), box(np.s_[0:4, 0:10, 0:10]))
-    assert scene.app.record.progress[-1].closed  # the first-encode dialog does not stay open
+    assert scene.markups().GetNumberOfControlPoints() == 0  # the failed click's marker goes
 
 
 def test_refine_starts_from_the_segment_content(scene):
@@ -358,8 +363,7 @@ def test_selecting_another_segment_shows_its_clicks_and_buttons(scene):
     assert not scene.effect.undoButton.enabled and not scene.effect.resetButton.enabled
     scene.click(IN_THE_BALL)
     assert dice(scene.segment("B"), scene.ball) >= 0.9
-    color = scene.segmentation.GetSegmentation().GetSegment("B").GetColor()
-    np.testing.assert_allclose(scene.markups().GetDisplayNode().GetSelectedColor(), color)
+    assert scene.markups().GetNumberOfControlPoints() == 1
     scene.app.undo_click()  # B's click, not A's
     assert scene.segment("B").sum() == 0 and dice(scene.segment(), scene.letter_l) >= 0.9
     scene.app.select_segment(scene.segmentation, "A")
@@ -433,3 +437,235 @@ def test_a_click_updates_the_closed_surface_once(scene):
     after = scene.segment()
     assert (after > painted).any() and (after < painted).any()  # the click added and removed voxels
     assert len(stamps) == 2
+
+
+# -- 10. interaction: the main thread is never blocked -----------------------------------------------------------
+
+
+@pytest.fixture
+def gated(scene):
+    gate = GatedPredictor()
+    scene.effect = scene.app.activate_effect(gate)
+    yield scene, gate
+    gate.open.set()  # never leave the worker blocked
+
+
+def points(node):
+    """(position, applied) of a markups node's points; applied points are drawn selected."""
+    return [(tuple(np.round(node.GetNthControlPointPositionWorld(i), 3)), bool(node.GetNthControlPointSelected(i)))
+            for i in range(node.GetNumberOfControlPoints())]
+
+
+def test_a_click_returns_at_once_the_event_loop_turns_during_the_encode_and_the_result_lands_later(gated):
+    scene, gate = gated
+    ticks = []
+    timer = slicer_qt_standin.Timer()  # anything else the application does meanwhile, e.g. rendering
+    timer.setInterval(5)
+    timer.connect("timeout()", lambda: ticks.append(time.monotonic()))
+    timer.start()
+    assert scene.click(IN_THE_L, wait=False) is True  # back to the view while the encode has not ended
+    assert gate.entered.wait(10) and not gate.open.is_set()
+    assert scene.segment().sum() == 0
+    assert points(scene.markups()) == [(tuple(np.round(scene.world(IN_THE_L), 3)), False)]  # pending, at once
+    statuses = []
+    deadline = time.monotonic() + 0.3
+    while time.monotonic() < deadline:  # the event loop turns: the timer and the status line go on
+        slicer.app.processEvents()
+        statuses.append(scene.effect.statusLabel.text)
+        time.sleep(0.01)
+    timer.stop()
+    assert len(ticks) >= 10
+    assert statuses[-1].startswith("Encoding the region around the click... ") and statuses[-1] != statuses[0]
+    assert float(statuses[-1].split("... ")[1].split(" s")[0]) >= 0.2 and scene.effect.cancelButton.enabled
+    gate.open.set()
+    scene.app.wait_idle()
+    assert dice(scene.segment(), scene.letter_l) >= 0.9
+    assert points(scene.markups())[0][1] is True and not scene.effect.cancelButton.enabled
+    assert scene.effect.statusLabel.text.startswith(ThresholdPredictor.label)
+
+
+def test_clicks_made_during_an_encode_show_at_once_and_apply_in_order(gated):
+    scene, gate = gated
+    scene.click(IN_THE_L, wait=False)
+    assert gate.entered.wait(10)
+    scene.click((12, 45, 40), positive=False, wait=False)  # in the L's foot, the same region: decode only
+    scene.click(IN_THE_BALL, wait=False)
+    include, exclude = points(scene.markups()), points(scene.markups(False))
+    assert [applied for _, applied in include] == [False, False] and [a for _, a in exclude] == [False]
+    assert "2 clicks waiting" in scene.effect.statusLabel.text
+    assert scene.segment().sum() == 0
+    gate.open.set()
+    scene.app.wait_idle()
+    key = (scene.segmentation.GetID(), "A")
+    assert [(c.positive, tuple(np.round(c.ras, 3))) for c in scene.effect._book.clicks(key)] == [
+        (True, tuple(np.round(scene.world(IN_THE_L), 3))), (False, tuple(np.round(scene.world((12, 45, 40)), 3))),
+        (True, tuple(np.round(scene.world(IN_THE_BALL), 3)))]
+    mask = scene.segment()
+    assert dice(mask & scene.ball, scene.ball) >= 0.9  # the last click
+    assert mask[scene.letter_l].mean() < 0.1  # the exclude came after the include
+    assert all(applied for _, applied in points(scene.markups()) + points(scene.markups(False)))
+    assert gate.encodes == 1  # one region of interest holds the L and the ball: encoded once
+
+
+def test_esc_during_an_encode_leaves_no_markups_and_no_edit(gated):
+    scene, gate = gated
+    scene.click(IN_THE_L, wait=False)
+    assert gate.entered.wait(10)
+    scene.click(IN_THE_BALL, wait=False)
+    scene.app.escape()  # the Segment Editor's shortcut deactivates the effect
+    assert not [n for n in slicer.util.getNodesByClass("vtkMRMLMarkupsFiducialNode") if "SAM-Med3D" in n.GetName()]
+    gate.open.set()
+    scene.app.wait_idle()  # the encode ends after the effect has gone: its result is discarded
+    assert not [n for n in slicer.util.getNodesByClass("vtkMRMLMarkupsFiducialNode") if "SAM-Med3D" in n.GetName()]
+    assert scene.segment().sum() == 0 and not scene.app.editor_logic.CanUndo() and not scene.app.record.messages
+    effect = scene.app.activate_effect(gate)  # back again: the session was not left half-way
+    scene.click(IN_THE_L)
+    assert dice(scene.segment(), scene.letter_l) >= 0.9 and len(effect._book.clicks(
+        (scene.segmentation.GetID(), "A"))) == 1
+
+
+def test_a_double_click_is_one_click(scene):
+    press, double = scene.app.double_click(scene.world(IN_THE_L))
+    assert press is True and double is True  # the double-click is the effect's too: the view is not maximised
+    assert scene.markups().GetNumberOfControlPoints() == 1
+    assert len(scene.effect._book.clicks((scene.segmentation.GetID(), "A"))) == 1
+    assert dice(scene.segment(), scene.letter_l) >= 0.9
+
+
+def test_misclicks_go_to_the_status_line_and_open_no_dialog(scene):
+    scene.app.editor_node.SetSelectedSegmentID("")
+    scene.click(IN_THE_L)
+    assert "Select a segment first" in scene.effect.statusLabel.text
+    scene.app.select_segment(scene.segmentation, "A")
+    scene.click(IN_THE_L)
+    scene.app.click(scene.world(IN_THE_L) - np.array([500.0, 0.0, 0.0]))
+    assert "outside the volume" in scene.effect.statusLabel.text
+    assert not scene.app.record.messages and not scene.app.record.questions
+    assert scene.markups().GetNumberOfControlPoints() == 1 and dice(scene.segment(), scene.letter_l) >= 0.9
+
+
+def test_a_hidden_segment_is_confirmed_before_the_first_edit(scene):
+    display = scene.segmentation.GetDisplayNode()
+    display.SetSegmentVisibility("A", False)
+    scene.app.record.hidden_segment_answers = ["cancel", "yes"]
+    scene.click(IN_THE_L)  # Cancel in the editor's question: nothing happens
+    assert len(scene.app.record.questions) == 1 and scene.segment().sum() == 0
+    assert scene.markups().GetNumberOfControlPoints() == 0
+    scene.click(IN_THE_L)  # Yes: the segment is shown and edited
+    assert display.GetSegmentVisibility("A") and dice(scene.segment(), scene.letter_l) >= 0.9
+    scene.click(IN_THE_BALL)
+    assert len(scene.app.record.questions) == 2  # visible now: not asked again
+
+
+def test_undo_while_clicks_wait_takes_back_the_newest_first(gated):
+    scene, gate = gated
+    scene.click(IN_THE_L, wait=False)
+    assert gate.entered.wait(10)
+    scene.click(IN_THE_BALL, wait=False)
+    scene.app.key("BackSpace", wait=False)  # the waiting ball click goes
+    assert [applied for _, applied in points(scene.markups())] == [False]
+    scene.app.key("BackSpace", wait=False)  # then the running one: discarded when its encode ends
+    assert scene.markups().GetNumberOfControlPoints() == 0
+    gate.open.set()
+    scene.app.wait_idle()
+    assert scene.segment().sum() == 0 and scene.markups().GetNumberOfControlPoints() == 0
+    scene.click(IN_THE_L)
+    scene.click(IN_THE_BALL, wait=False)
+    scene.app.reset()  # waits for the running click, then takes back everything
+    assert scene.segment().sum() == 0 and scene.markups().GetNumberOfControlPoints() == 0
+
+
+def test_an_edit_made_while_a_click_runs_is_kept_and_the_click_runs_again_on_it(gated):
+    scene, gate = gated
+    scene.click(IN_THE_L, wait=False)
+    assert gate.entered.wait(10)
+    painted = box(np.s_[2:10, 58:86, 2:30])
+    scene.app.set_segment_array(scene.segmentation, "A", painted)  # another effect, or the editor's Undo
+    gate.open.set()
+    scene.app.wait_idle()
+    assert dice(scene.segment(), scene.letter_l | painted.astype(bool)) >= 0.9
+    assert gate.encodes == 1  # run again from what the segment holds: the embedding was kept
+    scene.app.reset()
+    np.testing.assert_array_equal(scene.segment(), painted)
+
+
+def test_the_first_click_loads_the_model_on_the_worker_and_the_load_can_be_cancelled(scene, monkeypatch, tmp_path):
+    sammed3d = sys.modules["SAMMed3D"]
+    logic = sammed3d.SAMMed3DLogic.shared()
+    logic.setPredictor(None)
+    (tmp_path / "model.pth").write_bytes(b"")
+    logic.saveSettings(sammed3d.ModelSettings(model=sammed3d.LOCAL_FILE, local_path=str(tmp_path / "model.pth")))
+    monkeypatch.setattr(sammed3d, "missing_packages", lambda backend: (False, ["tqdm>=4.60"]))
+    monkeypatch.setattr(sammed3d, "imported_already", lambda names: [])
+    installed, loaded = [], []
+    pip_install = slicer.util.pip_install
+    monkeypatch.setattr(slicer.util, "pip_install",
+                        lambda requirements: installed.append(threading.current_thread()) or pip_install(requirements))
+    gate = GatedPredictor()
+
+    def create_predictor(settings, path):
+        loaded.append(threading.current_thread())
+        assert gate.open.wait(30)
+        return ThresholdPredictor()
+
+    monkeypatch.setattr(sammed3d, "create_predictor", create_predictor)
+    inside, asked = [], []  # whether a dialog was opened inside the click handler
+    handler, confirm = scene.effect.processInteractionEvents, slicer.util.confirmOkCancelDisplay
+
+    def processInteractionEvents(*args):
+        inside.append(True)
+        try:
+            return handler(*args)
+        finally:
+            inside.pop()
+
+    monkeypatch.setattr(scene.effect, "processInteractionEvents", processInteractionEvents)
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda *a, **k: asked.append(bool(inside)) or confirm(
+        *a, **k))
+    scene.click(IN_THE_L, wait=False)
+    assert scene.markups().GetNumberOfControlPoints() == 1
+    while not loaded:
+        slicer.app.processEvents()  # from the event loop: asked, installed with a progress dialog, then loading
+    assert asked == [False] and installed == [threading.main_thread()]  # asked from the event loop, not the click
+    assert loaded[0] is not threading.main_thread()
+    assert scene.app.record.progress[-1].closed and "tqdm" in scene.app.record.progress[-1].kwargs["labelText"]
+    slicer.app.processEvents()
+    assert scene.effect.statusLabel.text.startswith("Loading the model (model.pth)... ")
+    scene.effect.cancelButton.click()
+    assert scene.markups().GetNumberOfControlPoints() == 0 and "Cancelled" in scene.effect.statusLabel.text
+    gate.open.set()
+    scene.app.wait_idle()
+    assert logic.loadedPredictor() is None and scene.segment().sum() == 0
+    scene.click(IN_THE_L)  # loads again, and now applies
+    assert isinstance(logic.loadedPredictor(), ThresholdPredictor) and dice(scene.segment(), scene.letter_l) >= 0.9
+
+
+def test_a_model_that_cannot_load_is_a_dialog_and_its_clicks_go(scene, monkeypatch):
+    sammed3d = sys.modules["SAMMed3D"]
+    logic = sammed3d.SAMMed3DLogic.shared()
+    logic.setPredictor(None)
+    logic.saveSettings(sammed3d.ModelSettings(model=sammed3d.LOCAL_FILE, local_path="/nonexistent/model.pth"))
+    scene.click(IN_THE_L)
+    assert len(scene.app.record.messages) == 1 and "/nonexistent/model.pth does not exist" in (
+        scene.app.record.messages[0])
+    assert scene.markups().GetNumberOfControlPoints() == 0 and scene.segment().sum() == 0
+
+
+def test_markers_contrast_with_any_segment_and_show_in_slice_views_only(scene):
+    scene.click(IN_THE_L)
+    scene.click(IN_THE_BALL, positive=False)
+    nodes = [n for n in slicer.util.getNodesByClass("vtkMRMLMarkupsFiducialNode") if "SAM-Med3D" in n.GetName()]
+    names = [n.GetName() for n in nodes]
+    for kind in ("include", "exclude"):  # the dark outline is made first, so it is drawn beneath the marker
+        assert names.index(f"SAM-Med3D outline {kind}") < names.index(f"SAM-Med3D {kind}")
+    for node in nodes:
+        display = node.GetDisplayNode()
+        assert display.GetVisibility2D() and not display.GetVisibility3D() and display.GetUseGlyphScale()
+        assert points(node) and all(applied for _, applied in points(node))
+    include, exclude = scene.markups().GetDisplayNode(), scene.markups(False).GetDisplayNode()
+    outline = slicer.util.getFirstNodeByName("SAM-Med3D outline include").GetDisplayNode()
+    assert include.GetSelectedColor()[1] > 0.8 > max(include.GetSelectedColor()[0], include.GetSelectedColor()[2])
+    assert exclude.GetSelectedColor()[0] > 0.9 > 0.2 > max(exclude.GetSelectedColor()[1:])
+    assert max(outline.GetSelectedColor()) < 0.1 and outline.GetGlyphScale() > include.GetGlyphScale()
+    scene.app.deactivate_effect()
+    assert not [n for n in slicer.util.getNodesByClass("vtkMRMLMarkupsFiducialNode") if "SAM-Med3D" in n.GetName()]

@@ -10,6 +10,7 @@ import re
 import struct
 import subprocess
 import sys
+import threading
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
@@ -31,7 +32,8 @@ API_ROOTS = {"slicer", "qt", "ctk", "vtk", "PyTorchUtils", "qSlicerSegmentations
 ALIASES = {"effects": "qSlicerSegmentationsEditorEffectsPythonQt",
            "qSlicerSegmentationsEditorEffects": "qSlicerSegmentationsEditorEffectsPythonQt"}
 # Modules the Slicer-side code imports that are not Slicer: calls through them are not Slicer API.
-NOT_SLICER = {"np", "os", "logging", "tempfile", "importlib", "torch", "unittest", "weights", "json"}
+NOT_SLICER = {"np", "os", "logging", "tempfile", "importlib", "torch", "unittest", "weights", "json", "threading",
+              "time", "contextlib"}
 # unittest.TestCase's own methods are not Slicer API.
 UNITTEST = {name for name in dir(__import__("unittest").TestCase) if not name.startswith("_")}
 
@@ -39,7 +41,7 @@ UNITTEST = {name for name in dir(__import__("unittest").TestCase) if not name.st
 def _python_methods() -> set[str]:
     """Method names of the Python and numpy types the code calls methods on (str.join, ndarray.any, ...)."""
     names: set[str] = set()
-    for kind in (str, bytes, list, dict, set, tuple, np.ndarray, np.random.Generator, Path):
+    for kind in (str, bytes, list, dict, set, tuple, np.ndarray, np.random.Generator, Path, threading.Event):
         names.update(name for name in dir(kind) if not name.startswith("_"))
     return names
 

@@ -11,6 +11,7 @@ from SAMMed3DLib.slicer.geometry import (
     crop_to_nonzero,
     extent_shape,
     image_array,
+    inside_extent,
     labelmap_in_extent,
     region_extent,
     write_region,
@@ -118,3 +119,17 @@ def test_bad_input_is_refused_with_a_message():
         write_region(vtk.vtkImageData(), np.zeros((2, 2, 2)), (slice(0, 1), slice(0, 2), slice(0, 2)), (0, 1) * 3)
     with pytest.raises(ValueError, match="no voxels"):
         image_array(vtk.vtkImageData())
+
+
+def test_inside_extent_reaches_half_a_voxel_around_the_outer_voxels():
+    _, image_to_world = _oblique_image()
+
+    def world(i, j, k):
+        return (image_to_world @ [i, j, k, 1.0])[:3]
+
+    assert inside_extent(image_to_world, EXTENT, world(3, -2, 5))
+    assert inside_extent(image_to_world, EXTENT, world(12, 4, 8))
+    assert inside_extent(image_to_world, EXTENT, world(12.49, 4.49, 8.49))
+    assert not inside_extent(image_to_world, EXTENT, world(12.51, 4, 8))
+    assert not inside_extent(image_to_world, EXTENT, world(3, -2.51, 5))
+    assert not inside_extent(image_to_world, (0, -1, 0, 5, 0, 5), world(0, 0, 0))  # an empty image holds nothing

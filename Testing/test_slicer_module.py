@@ -12,12 +12,14 @@ import importlib.abc
 import sys
 import threading
 import time
+import types
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("slicer_core", reason="the module's tests run on Slicer's libraries (slicer-core, Python >= 3.10)")
 
+import slicer  # noqa: E402
 import slicer_qt_standin  # noqa: E402
 import torch  # noqa: E402
 from slicer_core_app import SlicerCoreApp  # noqa: E402
@@ -30,18 +32,24 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def module(monkeypatch, tmp_path):
-    """The SAMMed3D module as Slicer loads it, with what it showed and asked, and a fresh shared logic."""
+def app(monkeypatch, tmp_path):
     monkeypatch.setenv("SAMMED3D_HOME", str(tmp_path / "home"))
     with SlicerCoreApp() as app:
-        sammed3d = importlib.import_module("SAMMed3D")
-        sammed3d.SAMMed3DLogic._instance = None
-        yield sammed3d, app.record
+        yield app
+
+
+@pytest.fixture
+def module(app):
+    """The SAMMed3D module as Slicer loads it, with what it showed and asked, and a fresh shared logic."""
+    sammed3d = importlib.import_module("SAMMed3D")
+    sammed3d.SAMMed3DLogic._instance = None
+    yield sammed3d, app.record
 
 
 def test_dependencies_are_asked_once_and_installed_when_confirmed(module, monkeypatch):
     sammed3d, record = module
     monkeypatch.setattr(sammed3d, "missing_packages", lambda backend: (True, ["tqdm>=4.60"]))
+    monkeypatch.setattr(sammed3d, "imported_already", lambda names: [])  # a Python that has imported neither
     logic = sammed3d.SAMMed3DLogic.shared()
     record.answers = [False]
     with pytest.raises(SAMMed3DError, match="not installed"):
@@ -54,9 +62,37 @@ def test_dependencies_are_asked_once_and_installed_when_confirmed(module, monkey
     assert len(record.questions) == 2
     assert record.torch == [False]  # PyTorchUtils installs without asking a second time
     assert record.pip == [["tqdm>=4.60"]]
+    assert len(record.progress) == 1 and record.progress[0].kwargs["maximum"] == 0 and record.progress[0].closed
+    assert "tqdm" in record.progress[0].kwargs["labelText"]
     monkeypatch.setattr(sammed3d, "missing_packages", lambda backend: (False, []))
     logic.ensureDependencies("torch")
     assert len(record.questions) == 2
+
+
+def test_an_upgrade_of_an_imported_package_asks_for_a_restart(module, monkeypatch):
+    """Python keeps the torch it imported: after PyTorchUtils installed a newer one, loading would fail late and
+    confusingly; the user is told to restart Slicer instead, and is not asked to install again."""
+    sammed3d, record = module
+    monkeypatch.setattr(sammed3d, "missing_packages", lambda backend: (True, []))  # an old torch, imported
+    logic = sammed3d.SAMMed3DLogic.shared()
+    with pytest.raises(SAMMed3DError, match="Restart Slicer to use the updated packages: the old version of torch"):
+        logic.ensureDependencies("torch")
+    assert record.torch == [False] and "Restart Slicer" in logic.restartNeeded
+    with pytest.raises(SAMMed3DError, match="Restart Slicer"):
+        logic.ensureDependencies("torch")
+    assert len(record.questions) == 1 and record.torch == [False]  # not asked or installed again
+    slicer_qt_standin.ScriptedLoadableModuleWidget.module_dir = ROOT / "SAMMed3D"
+    widget = sammed3d.SAMMed3DWidget()
+    widget.setup()
+    assert "<b>Restart Slicer" in widget.ui.modelStatusLabel.text and not widget.ui.installButton.enabled
+
+
+def test_a_torch_older_than_needed_already_imported_asks_for_a_restart(module, monkeypatch):
+    sammed3d, record = module
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(__version__="2.1.2+cu118"))
+    with pytest.raises(SAMMed3DError, match="Restart Slicer to use the updated packages: PyTorch 2.1.2"):
+        sammed3d.SAMMed3DLogic.shared().ensureDependencies("onnx")
+    assert not record.questions
 
 
 @pytest.fixture
@@ -128,22 +164,62 @@ def test_a_model_only_offered_on_a_web_page_says_where_to_get_it(module):
     assert "choose 'Local file' in the SAM-Med3D module" in user_message(raised.value)
 
 
-def test_configured_model_is_loaded_once_and_reloaded_on_change(module, tmp_path, monkeypatch):
+def test_configured_model_is_loaded_once_on_the_worker_and_reloaded_on_change(module, app, tmp_path, monkeypatch):
     from SAMMed3DLib.model import build_sam_med3d
 
     sammed3d, record = module
     monkeypatch.setattr(sammed3d, "missing_packages", lambda backend: (False, []))
+    threads = []
+
+    def create_predictor(settings, path):
+        threads.append(threading.current_thread())
+        return original(settings, path)
+
+    original = sammed3d.create_predictor
+    monkeypatch.setattr(sammed3d, "create_predictor", create_predictor)
     torch.manual_seed(0)
     path = tmp_path / "tiny.pth"
     torch.save(build_sam_med3d("tiny").state_dict(), path)
     logic = sammed3d.SAMMed3DLogic.shared()
-    assert "not loaded" in logic.statusText()
+    assert "not loaded" in logic.statusText() and logic.loadedPredictor() is None
     logic.saveSettings(ModelSettings(model=LOCAL_FILE, local_path=str(path), device="cpu"))
-    first = logic.predictor()
-    assert logic.predictor() is first and logic.statusText() == "PyTorch on cpu"
+    loaded = []
+    logic.loadPredictor(loaded.append)
+    assert logic.loadPredictor(loaded.append) is logic.loadingJob()  # joined, not loaded twice
+    assert record.status == [("SAM-Med3D: loading tiny.pth...", 0)]  # replaced when done, see below
+    app.wait_idle()
+    assert len(loaded) == 2 and loaded[0] is loaded[1] and loaded[0].error is None
+    first = logic.loadedPredictor()
+    assert first is loaded[0].result and logic.statusText() == "PyTorch on cpu"
+    assert threads == [logic.worker._thread] and threads[0] is not threading.main_thread()
+    text, duration = record.status[-1]
+    assert text.startswith("SAM-Med3D: model ready (PyTorch on cpu") and duration == logic.STATUS_MS > 0
     logic.saveSettings(ModelSettings(model=LOCAL_FILE, local_path=str(path), device="auto"))
-    assert logic.predictor() is not first
+    assert logic.loadedPredictor() is None  # other settings: loaded again
+    logic.loadPredictor(loaded.append)
+    app.wait_idle()
+    assert logic.loadedPredictor() is not first
     assert not record.questions  # nothing to install, nothing to download
+
+
+def test_a_long_load_can_be_cancelled(module, app, monkeypatch, tmp_path):
+    """The load cannot be interrupted; cancelled, it says so at once and what it brings is dropped."""
+    sammed3d, record = module
+    monkeypatch.setattr(sammed3d, "missing_packages", lambda backend: (False, []))
+    release = threading.Event()
+    monkeypatch.setattr(sammed3d, "create_predictor", lambda settings, path: release.wait(30) and object())
+    (tmp_path / "model.pth").write_bytes(b"")
+    logic = sammed3d.SAMMed3DLogic.shared()
+    logic.saveSettings(ModelSettings(model=LOCAL_FILE, local_path=str(tmp_path / "model.pth"), device="cpu"))
+    loaded = []
+    job = logic.loadPredictor(loaded.append)
+    slicer.app.processEvents()
+    assert logic.loadingJob() is job and "Loading the model (model.pth)..." in job.describe()
+    logic.cancelLoading()
+    release.set()
+    app.wait_idle()
+    assert loaded == [job] and job.cancelled and logic.loadedPredictor() is None
+    assert record.status[-1] == ("SAM-Med3D: loading the model was cancelled", logic.STATUS_MS)
 
 
 def test_the_panel_offers_the_registry_and_saves_choices(module, monkeypatch, tmp_path):
@@ -160,6 +236,9 @@ def test_the_panel_offers_the_registry_and_saves_choices(module, monkeypatch, tm
     assert ui.modelComboBox.currentData == "turbo" and not ui.localPathLineEdit.enabled
     assert ui.downloadButton.enabled and not ui.installButton.enabled
     assert "not downloaded yet" in ui.modelStatusLabel.text
+    ui.modelComboBox.setCurrentIndex(ui.modelComboBox.findData("base"))  # only on a web page: nothing to download
+    assert not ui.downloadButton.enabled and "offered at https://drive.google.com" in ui.modelStatusLabel.text
+    assert ui.localPathLineEdit.filters == slicer_qt_standin.PathLineEdit.Files  # PyTorch: a checkpoint file
 
     folder = tmp_path / "exported"
     folder.mkdir()
@@ -170,6 +249,7 @@ def test_the_panel_offers_the_registry_and_saves_choices(module, monkeypatch, tm
     stored = sammed3d.SAMMed3DLogic.shared().settings()
     assert stored == ModelSettings(model=LOCAL_FILE, local_path=str(folder), backend="onnx", device="cpu")
     assert ui.localPathLineEdit.enabled and not ui.downloadButton.enabled
+    assert ui.localPathLineEdit.filters == slicer_qt_standin.PathLineEdit.Dirs  # ONNX Runtime: an export folder
     assert ui.installButton.enabled and "onnxruntime" in ui.modelStatusLabel.text
 
     ui.deviceComboBox.setCurrentIndex(ui.deviceComboBox.findData("mps"))  # not offered by ONNX Runtime: explained
@@ -178,6 +258,9 @@ def test_the_panel_offers_the_registry_and_saves_choices(module, monkeypatch, tm
     again = sammed3d.SAMMed3DWidget()  # a new panel shows what was saved
     again.setup()
     assert again.ui.backendComboBox.currentData == "onnx" and again.ui.localPathLineEdit.currentPath == str(folder)
+    sammed3d.SAMMed3DLogic.shared().saveSettings(ModelSettings(model="turbo"))  # changed elsewhere meanwhile
+    again.enter()  # entering the module shows it
+    assert again.ui.modelComboBox.currentData == "turbo" and again.ui.backendComboBox.currentData == "torch"
     ui.segmentEditorButton.emit("clicked()")
     assert record.selected == ["SegmentEditor"]
 

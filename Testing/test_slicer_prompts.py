@@ -191,3 +191,30 @@ def test_the_undo_chain_knows_its_clicks_while_the_segmentation_is_as_they_left_
     assert chain.last("s4") is None
     chain.clicked(("seg", "A"), 1, "s4", "s5")
     assert chain.last("edited since") is None and chain.last("s5") is None
+
+
+def test_a_click_discarded_after_its_session_ran_leaves_the_book_as_it_was(volume):
+    """The effect runs a click's session step on its worker thread; a click cancelled meanwhile, or whose segment
+    changed meanwhile, is discarded: the session and the book are as before it, and the same click then gives the
+    same result (with a new segment, nothing of it is kept)."""
+    seeds: list = []
+    book, segments = _book(volume, seeds), _store("A")
+    key, read = segments.key("A"), segments.read("A")
+    k, j, i = IN_A
+    ras = tuple(volume.ijk_to_ras_points(np.array([[i, j, k]], float))[0])
+    session = book.start_click(key, read)
+    assert book.has(key) and book.clicks(key) == []
+    book.discard_click(key, session.add_click(ras))
+    assert not book.has(key)  # its first click: the segment is forgotten
+    _, first = _click(book, segments, volume, "A", IN_A)
+    before = book.start_click(key, read).mask_in(first.region)
+    exclude = tuple(volume.ijk_to_ras_points(np.array([[i + 2, j, k]], float))[0])
+    discarded = book.start_click(key, read).add_click(exclude, positive=False)
+    excluded = discarded.session.mask_in(first.region)
+    assert (excluded != before).any()
+    book.discard_click(key, discarded)
+    assert book.clicks(key) == [Click(ras, True)]
+    np.testing.assert_array_equal(book.start_click(key, read).mask_in(first.region), before)
+    _click(book, segments, volume, "A", (k, j, i + 2), positive=False)
+    assert len(book.clicks(key)) == 2
+    np.testing.assert_array_equal(book.start_click(key, read).mask_in(first.region), excluded)

@@ -6,6 +6,7 @@ import hashlib
 import http.server
 import threading
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 from SAMMed3DLib.errors import SAMMed3DError
+from SAMMed3DLib.slicer import setup
 from SAMMed3DLib.slicer.setup import (
     LOCAL_FILE,
     REQUIREMENTS,
@@ -20,8 +22,12 @@ from SAMMed3DLib.slicer.setup import (
     BackgroundDownload,
     ModelSettings,
     create_predictor,
+    import_name,
+    imported_already,
     missing_packages,
     model_file,
+    nvidia_gpu_present,
+    outdated_torch_imported,
     status_text,
 )
 from SAMMed3DLib.testing.oracle import ThresholdPredictor
@@ -183,3 +189,34 @@ def test_background_download_reports_progress_and_verifies(tmp_path, monkeypatch
             wrong.result()
     finally:
         server.shutdown()
+
+
+def test_onnx_runtime_is_offered_for_the_gpu_where_an_nvidia_gpu_is_present(monkeypatch, tmp_path):
+    none = lambda name: False  # noqa: E731
+    assert missing_packages("onnx", none, nvidia=lambda: True) == (False, ["onnxruntime-gpu>=1.17", "scipy>=1.8"])
+    assert missing_packages("onnx", none, nvidia=lambda: False) == (False, ["onnxruntime>=1.17", "scipy>=1.8"])
+    assert import_name("onnxruntime-gpu>=1.17") == "onnxruntime" and import_name("scipy>=1.8") == "scipy"
+    monkeypatch.setattr(setup, "NVIDIA_DRIVER_FILE", tmp_path / "version")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert not nvidia_gpu_present()  # no nvidia-smi, no driver module
+    (tmp_path / "version").write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54\n", encoding="utf-8")
+    assert nvidia_gpu_present()
+
+
+def test_an_upgrade_needs_a_restart_when_the_old_version_is_imported():
+    modules = {"torch": types.SimpleNamespace(__version__="2.1.2+cu118"), "scipy": object()}
+    assert imported_already(["torch", "safetensors", "scipy"], modules) == ["torch", "scipy"]
+    assert outdated_torch_imported(modules) == "2.1.2+cu118"
+    assert outdated_torch_imported({"torch": types.SimpleNamespace(__version__="2.13.0+cpu")}) is None
+    assert outdated_torch_imported({}) is None
+
+
+def test_a_local_model_is_a_file_for_pytorch_and_a_folder_for_onnx_runtime(tmp_path):
+    (tmp_path / "export").mkdir()
+    (tmp_path / "model.pth").write_bytes(b"")
+    with pytest.raises(SAMMed3DError, match="is a folder, and PyTorch reads a checkpoint file"):
+        model_file(ModelSettings(model=LOCAL_FILE, local_path=str(tmp_path / "export")))
+    with pytest.raises(SAMMed3DError, match="is a file, and ONNX Runtime reads an exported model folder"):
+        model_file(ModelSettings(model=LOCAL_FILE, local_path=str(tmp_path / "model.pth"), backend="onnx"))
+    assert model_file(ModelSettings(model=LOCAL_FILE, local_path=str(tmp_path / "export"), backend="onnx")) == (
+        tmp_path / "export")

@@ -21,6 +21,15 @@ Undo click and Reset write the way back as a new edit: the segment keeps its own
 clicks took. A segment that holds something else than the effect last saw (the editor's Undo/Redo, another
 effect, a file) starts new prompts from what it holds.
 
+Work off the main thread. A click is queued, shown at once as a pending marker, and its encode and decode run on
+the module logic's worker thread (SAMMed3DLib.slicer.worker), one click after another in the order they were made;
+the result is written on the main thread when the logic's timer delivers it. Reading and writing the segmentation
+(MRML, VTK) happen only on the main thread: the worker gets the session, which holds its own copy of the voxels.
+The first click loads the model: packages and download (dialogs) run from the event loop, never inside a click
+handler, and the load itself on the worker. While the effect handles an event, nothing is delivered, so no click
+runs inside another. Undo click and Reset made while clicks wait take back the newest waiting click, or wait for
+the running one; Esc (which deactivates the effect) and Cancel drop what waits and discard what runs.
+
 Geometry. The session runs on the editor's aligned source volume (`sourceVolumeImageData`): the source volume
 resampled by Slicer, through the parent transforms between volume and segmentation, onto the segmentation's grid.
 A click is mapped from world RAS into the segmentation's RAS the same way, and results are placed by that image's
@@ -30,6 +39,8 @@ IJK->RAS, so oblique and transformed volumes work and the result has exactly the
 
 import logging
 import os
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import qt
@@ -46,6 +57,7 @@ from SAMMed3DLib.slicer.geometry import (
     array_ijk_to_ras,
     crop_to_nonzero,
     image_array,
+    inside_extent,
     labelmap_in_extent,
     region_extent,
     write_region,
@@ -53,10 +65,43 @@ from SAMMed3DLib.slicer.geometry import (
 from SAMMed3DLib.slicer.messages import user_message
 from SAMMed3DLib.slicer.prompts import PromptBook, UndoChain
 from SAMMed3DLib.slicer.segments import SegmentationOnGrid, segment_stamp, segmentation_stamp
+from SAMMed3DLib.slicer.worker import StagedPredictor
 
+# Markers: per kind a marker node, and an outline node made before it (so drawn beneath it: widgets' representations
+# are added to the renderer in the order their nodes were added, Libs/MRML/DisplayableManager/
+# vtkMRMLAbstractWidget.cxx:159), dark and larger, so that the marker shows over any segment colour. Applied clicks
+# are drawn "selected" (the marker colour), clicks still waiting "unselected" (a paler one).
 MARKUPS_NAMES = {True: "SAM-Med3D include", False: "SAM-Med3D exclude"}
-MARKUPS_GLYPHS = {True: "Sphere3D", False: "Cross2D"}
+OUTLINE_NAMES = {True: "SAM-Med3D outline include", False: "SAM-Med3D outline exclude"}
+MARKUPS_GLYPHS = {True: "Sphere3D", False: "ThickCross2D"}  # in slice views: a filled disc, a thick cross
+MARKER_COLORS = {True: (0.1, 0.85, 0.2), False: (0.95, 0.1, 0.1)}  # green include, red exclude
+PENDING_COLORS = {True: (0.7, 1.0, 0.7), False: (1.0, 0.7, 0.7)}
+OUTLINE_COLOR = (0.05, 0.05, 0.05)
+MARKER_SCALE, OUTLINE_SCALE = 2.5, 3.5  # % of the view's size, so markers keep their size on screen when zooming
 CHANGED_OUTSIDE = "The segment was changed outside SAM-Med3D: its clicks start again from what it holds."
+NOT_CHANGED = "The segment was not changed."
+
+
+@dataclass
+class _Action:
+    """What the user asked for, waiting for its turn: a click (`click`, and whether it refines the segment's content)
+    or Undo click ("undo") or Reset ("reset") of a segment."""
+
+    kind: str
+    key: tuple  # (segmentation node ID, segment ID)
+    click: Optional[Click] = None
+    refine: bool = False
+
+
+@dataclass
+class _Running:
+    """The click whose session step runs on the worker, and what it was started against."""
+
+    action: _Action
+    job: object
+    book: PromptBook
+    stamp: tuple  # the segment's stamp when the click started
+    rebased: bool  # the segment had been changed outside the effect
 
 
 class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect, VTKObservationMixin):
@@ -72,7 +117,11 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect, VTKObservationMix
         self._volume = None  # the book's Volume: the source volume sampled on the editor's grid
         self._chain = UndoChain()
         self._watched = {}  # segmentation node ID -> node, observed for removed segments while it has prompts
-        self._markups = {}  # positive -> vtkMRMLMarkupsFiducialNode, while active
+        self._markups = {}  # (positive, outline) -> vtkMRMLMarkupsFiducialNode, while active
+        self._actions = []  # _Action, oldest first, waiting for the worker or the model
+        self._running = None  # _Running, while a click's session step runs on the worker
+        self._modelWanted = False  # the model is being prepared or loaded for waiting clicks
+        self._status = ""  # the status line's last result, shown again when nothing runs
 
     def clone(self):
         import qSlicerSegmentationsEditorEffectsPythonQt as effects
@@ -82,6 +131,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect, VTKObservationMix
         return clonedEffect
 
     def cleanup(self):
+        self.logic.removeListener(self._showStatus)
         self.removeObservers()
 
     def icon(self):
@@ -91,13 +141,24 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect, VTKObservationMix
 
     def helpText(self):
         return (
-            "<html>Segment a structure in 3D with SAM-Med3D.<p>"
-            "<b>Left-click</b>: include. <b>Ctrl+left-click</b> or <b>X</b> then click: exclude. "
-            "<b>Backspace</b>: undo the last click. <b>Shift+Backspace</b>: reset this segment's clicks.<p>"
+            "<html>Segment a structure in 3D with SAM-Med3D: click on it in a slice view.<p>"
+            "<b>Left-click</b>: include. <b>Ctrl+left-click</b> (<b>Cmd+left-click</b> on macOS, where Ctrl+click is "
+            "a right-click): exclude. <b>X</b> or the Exclude button: plain clicks exclude until pressed again. "
+            "A double-click counts as one click.<br>"
+            "<b>Backspace</b> or Undo click: take back the segment's last click (a click still waiting goes first). "
+            "<b>Shift+Backspace</b> or Reset: take back all of the segment's clicks.<br>"
+            "<b>Esc</b>: leave the effect; clicks not applied yet are dropped (a model that is loading goes on "
+            "loading). Cancel: the same without leaving.<br>"
+            "The Segment Editor's own <b>Undo</b> and <b>Redo</b> (Z and Y, Ctrl+Z and Ctrl+Y, the arrow buttons) "
+            "take back and redo any edit, one step per SAM-Med3D click; the next click then continues from what the "
+            "segment holds.<p>"
+            "While the model works Slicer stays usable: a click shows at once as a pale marker, the status line says "
+            "what runs and for how long, and clicks made meanwhile are applied in order (applied: green include, red "
+            "exclude). The first click loads the model (seconds to a minute), later clicks in a new region encode "
+            "it (about a second on a laptop CPU), clicks nearby only decode.<p>"
             "Clicks belong to the selected segment. What the segment held before stays; voxels a click took from "
-            "other segments go back to them when it is undone or excluded. The Segment Editor's Undo takes back a "
-            "click as well; the next click then continues from what the segment holds. Choose the model in the "
-            "SAM-Med3D module.</html>"
+            "other segments go back to them when it is undone or excluded. Choose the model in the SAM-Med3D "
+            "module.</html>"
         )
 
     # -- options panel -----------------------------------------------------------------------------------------
@@ -115,6 +176,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect, VTKObservationMix
         self.undoButton.toolTip = "Undo the last click of this segment (Backspace in a slice view)."
         self.resetButton = qt.QPushButton("Reset")
         self.resetButton.toolTip = "Undo all clicks of this segment (Shift+Backspace)."
+        self.cancelButton = qt.QPushButton("Cancel")
+        self.cancelButton.toolTip = "Drop the clicks that wait and stop loading the model (Esc leaves the effect too)."
+        self.cancelButton.enabled = False
         self.statusLabel = qt.QLabel()
         self.statusLabel.wordWrap = True
 
@@ -124,12 +188,16 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect, VTKObservationMix
         buttons.addWidget(self.resetButton)
         self.scriptedEffect.addOptionsWidget(buttons)
         self.scriptedEffect.addOptionsWidget(self.refineCheckBox)
-        self.scriptedEffect.addLabeledOptionsWidget("Status:", self.statusLabel)
+        status = qt.QHBoxLayout()
+        status.addWidget(self.statusLabel)
+        status.addWidget(self.cancelButton)
+        self.scriptedEffect.addLabeledOptionsWidget("Status:", status)
 
         self.excludeButton.connect("toggled(bool)", self.updateMRMLFromGUI)
         self.refineCheckBox.connect("toggled(bool)", self.updateMRMLFromGUI)
         self.undoButton.connect("clicked()", self.undoClick)
         self.resetButton.connect("clicked()", self.resetClicks)
+        self.cancelButton.connect("clicked()", self.cancel)
 
     def createCursor(self, widget):
         return slicer.util.mainWindow().cursor
@@ -143,11 +211,10 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect, VTKObservationMix
             wasBlocked = widget.blockSignals(True)
             widget.checked = self.scriptedEffect.integerParameter(name) != 0
             widget.blockSignals(wasBlocked)
-        clicks = self._clicks()
-        self.undoButton.enabled = bool(clicks)
-        self.resetButton.enabled = bool(clicks)
-        if not self.statusLabel.text:
-            self.statusLabel.text = self.logic.statusText()
+        applied, waiting = self._clicks()
+        self.undoButton.enabled = bool(applied or waiting)
+        self.resetButton.enabled = bool(applied or waiting)
+        self._showStatus()
         self.updateMarkups()
 
     def updateMRMLFromGUI(self):
@@ -158,10 +225,15 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect, VTKObservationMix
         # The editor changes the selected segment with the parameter node's setter and tells effects nothing
         # (qMRMLSegmentEditorWidget.cxx:1450-1457): follow the node while active.
         self.addObserver(self.scriptedEffect.parameterSetNode(), vtk.vtkCommand.ModifiedEvent, self._onEditorChanged)
+        self.logic.addListener(self._showStatus)
         self.updateGUIFromMRML()
 
     def deactivate(self):
+        """Esc comes here too (the editor's shortcut deactivates the effect): what waits is dropped, what runs is
+        discarded when it ends, and the markers go."""
         self.removeObserver(self.scriptedEffect.parameterSetNode(), vtk.vtkCommand.ModifiedEvent, self._onEditorChanged)
+        self.logic.removeListener(self._showStatus)
+        self._dropWork("Left the effect: clicks not applied yet were dropped.")
         for node in self._markups.values():
             if node.GetScene():
                 slicer.mrmlScene.RemoveNode(node)
@@ -171,6 +243,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect, VTKObservationMix
         """Every effect of the editor hears this, active or not: release the prompts of another volume."""
         sourceVolumeNode = self.scriptedEffect.parameterSetNode().GetSourceVolumeNode()
         if self._bookKey is not None and (sourceVolumeNode is None or sourceVolumeNode.GetID() != self._bookKey[0][0]):
+            self._dropWork("Another source volume: clicks not applied yet were dropped.")
             self._forgetBook()
         if self.scriptedEffect.active():
             self.updateGUIFromMRML()
@@ -179,6 +252,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect, VTKObservationMix
         self.updateGUIFromMRML()
 
     def _onSceneClosed(self, caller, event):
+        self._dropWork("")
         self._forgetBook()
         self._markups = {}
 
@@ -187,91 +261,265 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect, VTKObservationMix
     def processInteractionEvents(self, callerInteractor, eventId, viewWidget):
         if viewWidget.className() != "qMRMLSliceWidget":
             return False
-        if eventId == vtk.vtkCommand.LeftButtonPressEvent:
-            if callerInteractor.GetShiftKey() or callerInteractor.GetAltKey():
-                return False
-            positive = not (callerInteractor.GetControlKey() or self.excludeButton.checked)
-            self.addClick(self.xyToRas(callerInteractor.GetEventPosition(), viewWidget), positive)
-            return True
-        if eventId == vtk.vtkCommand.KeyPressEvent:
-            key = callerInteractor.GetKeySym()
-            if key == "BackSpace":
-                if callerInteractor.GetShiftKey():
-                    self.resetClicks()
-                else:
-                    self.undoClick()
+        with self.logic.deliveriesHeld():
+            if eventId in (vtk.vtkCommand.LeftButtonPressEvent, vtk.vtkCommand.LeftButtonDoubleClickEvent):
+                if callerInteractor.GetShiftKey() or callerInteractor.GetAltKey():
+                    return False
+                if eventId == vtk.vtkCommand.LeftButtonDoubleClickEvent:
+                    # The second press of a double-click arrives as this event, not as a press (VTK's
+                    # QVTKInteractorAdapter): its first press was the click. Taken, so the view is not maximised.
+                    return True
+                positive = not (callerInteractor.GetControlKey() or self.excludeButton.checked)
+                self.addClick(self.xyToRas(callerInteractor.GetEventPosition(), viewWidget), positive)
                 return True
-            if key in ("x", "X") and not callerInteractor.GetControlKey():
-                self.excludeButton.checked = not self.excludeButton.checked
-                return True
+            if eventId == vtk.vtkCommand.KeyPressEvent:
+                key = callerInteractor.GetKeySym()
+                if key == "BackSpace":
+                    if callerInteractor.GetShiftKey():
+                        self.resetClicks()
+                    else:
+                        self.undoClick()
+                    return True
+                if key in ("x", "X") and not callerInteractor.GetControlKey():
+                    self.excludeButton.checked = not self.excludeButton.checked
+                    return True
         return False
 
     def addClick(self, worldRas, positive):
-        """One include/exclude click at a world RAS point. True if the segment was updated; on any error every
-        segment stays as it was and the status line (and a dialog) says what to do."""
+        """One include/exclude click at a world RAS point: queued and shown at once, applied when its turn comes.
+        True if queued; a click that cannot apply (no segment, outside the volume) is refused on the status line."""
         segmentationNode, segmentId = self._selection()
         if not segmentId:
-            self._showError("Select a segment first.")
+            return self._refuse("Select a segment first: SAM-Med3D clicks edit the selected segment.")
+        reason = self._outside(worldRas)
+        if reason:
+            return self._refuse(reason)
+        if not self.scriptedEffect.confirmCurrentSegmentVisible():  # the user cancelled editing a hidden segment
             return False
-        key = (segmentationNode.GetID(), segmentId)
-        try:
-            predictor = self.logic.predictor()  # dependencies and model on first use, with the user's consent
-            book = self._currentBook(predictor)
-            segments, read = self._reader(segmentationNode, segmentId)
-            rebased = book.reconcile(key, read, self._segmentStamp())
-            progress = None
-            if not book.clicks(key):
-                progress = slicer.util.createProgressDialog(
-                    labelText="SAM-Med3D: encoding the image around the click...", maximum=0, windowTitle="SAM-Med3D"
-                )
-                slicer.app.processEvents()
-            try:
-                with slicer.util.WaitCursor():
-                    prediction, change = book.add_click(
-                        key,
-                        self._worldToSegmentation(worldRas),
-                        Click(tuple(float(v) for v in worldRas), bool(positive)),
-                        read,
-                        refine=self.refineCheckBox.checked,
-                    )
-            finally:
-                if progress is not None:
-                    progress.close()
-        except (SAMMed3DError, ValueError) as error:
-            self._showError(user_message(error) + "\n\nThe segment was not changed.")
-            return False
-        except Exception as error:
-            logging.exception("SAM-Med3D click failed")
-            self._showError(f"SAM-Med3D failed: {error}\n\nThe segment was not changed. Details are in the log.")
-            return False
-        self._write(key, change, segments, read, click=True)
-        if key[0] not in self._watched:
-            self._watched[key[0]] = segmentationNode
-            self.addObserver(segmentationNode, slicer.vtkSegmentation.SegmentRemoved, self._forgetRemoved)
-        status = self.logic.statusText(prediction.timings)
-        self.statusLabel.text = CHANGED_OUTSIDE + " " + status if rebased else status
+        click = Click(tuple(float(v) for v in worldRas), bool(positive))
+        self._actions.append(_Action("click", (segmentationNode.GetID(), segmentId), click,
+                                     self.refineCheckBox.checked))
+        self._advance()
         self.updateGUIFromMRML()
         return True
 
     def undoClick(self):
-        """Take back the segment's last click: the editor's Undo when its newest state is that click, else a new
-        edit that restores the segment's own content and gives back what the click took."""
-        self._goBack(everything=False)
+        """Take back the segment's newest click: a waiting one at once, the running one when it ends, else the last
+        applied one (the editor's Undo when its newest state is that click, else a new edit that restores the
+        segment's own content and gives back what the click took)."""
+        self._takeBack(everything=False)
 
     def resetClicks(self):
-        """Take back all of the segment's clicks, as Undo click does one by one."""
-        self._goBack(everything=True)
+        """Take back all of the segment's clicks: the waiting and running ones, then the applied ones."""
+        self._takeBack(everything=True)
 
-    def _goBack(self, everything):
+    def isBusy(self):
+        """Whether clicks wait or run, or the model is being prepared for them (scripts and self-tests wait for
+        this to end while they turn the event loop)."""
+        return bool(self._actions) or self._running is not None or self._modelWanted
+
+    def cancel(self):
+        """The Cancel button: drop the clicks that wait, discard the running one, stop waiting for the model."""
+        if self._modelWanted:
+            self.logic.cancelLoading()
+            self._modelWanted = False
+        self._dropWork("Cancelled: clicks not applied yet were dropped.")
+        self.updateGUIFromMRML()
+
+    def _takeBack(self, everything):
         segmentationNode, segmentId = self._selection()
-        book = self._currentBook()
-        key = (segmentationNode.GetID(), segmentId) if segmentId else None
-        if book is None or key is None or not book.clicks(key):
-            self.updateGUIFromMRML()
+        if not segmentId:
             return
-        segments, read = self._reader(segmentationNode, segmentId)
-        if book.reconcile(key, read, self._segmentStamp()):
-            self.statusLabel.text = CHANGED_OUTSIDE
+        key = (segmentationNode.GetID(), segmentId)
+        waiting = [action for action in self._actions if action.kind == "click" and action.key == key]
+        running = self._running is not None and self._running.action.key == key and not self._running.job.cancelled
+        for action in waiting if everything else waiting[-1:]:
+            self._actions.remove(action)
+        if running and (everything or not waiting):
+            self._running.job.cancel()  # discarded when it ends
+        if everything or not (waiting or running):
+            if self._running is not None or self._actions:
+                self._actions.append(_Action("reset" if everything else "undo", key))
+            else:
+                self._goBack(key, everything)
+        self.updateGUIFromMRML()
+
+    def _refuse(self, message):
+        """A click that cannot apply: said on the status line (a routine misclick opens no dialog)."""
+        self._status = message
+        self.statusLabel.text = message
+        return False
+
+    def _outside(self, worldRas):
+        """Why a click at this world point cannot apply (no source volume, outside it or outside the segmentation's
+        geometry), or None."""
+        parameterSetNode = self.scriptedEffect.parameterSetNode()
+        sourceVolumeNode = parameterSetNode.GetSourceVolumeNode()
+        grid = self.scriptedEffect.sourceVolumeImageData()
+        if sourceVolumeNode is None or sourceVolumeNode.GetImageData() is None or grid is None:
+            return "Select a source volume in the Segment Editor first."
+        where = "R {:.1f}, A {:.1f}, S {:.1f} mm".format(*worldRas)
+        toVolume = vtk.vtkGeneralTransform()
+        slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(None, sourceVolumeNode.GetParentTransformNode(), toVolume)
+        ijkToRas = vtk.vtkMatrix4x4()
+        sourceVolumeNode.GetIJKToRASMatrix(ijkToRas)
+        if not inside_extent(slicer.util.arrayFromVTKMatrix(ijkToRas), sourceVolumeNode.GetImageData().GetExtent(),
+                             toVolume.TransformPoint(list(worldRas))):
+            return f"The click at {where} is outside the volume '{sourceVolumeNode.GetName()}'. {NOT_CHANGED}"
+        gridToWorld = vtk.vtkMatrix4x4()
+        grid.GetImageToWorldMatrix(gridToWorld)
+        if not inside_extent(slicer.util.arrayFromVTKMatrix(gridToWorld), grid.GetExtent(),
+                             self._worldToSegmentation(worldRas)):
+            return (f"The click at {where} is outside the segmentation's geometry (Segment Editor: Specify "
+                    f"geometry). {NOT_CHANGED}")
+        return None
+
+    # -- the queue: main thread, one click on the worker at a time --------------------------------------------
+
+    def _advance(self):
+        """Start what waits, in order, until a click runs on the worker or waits for the model."""
+        while self._running is None and self._actions:
+            action = self._actions[0]
+            if action.kind != "click":
+                self._actions.pop(0)
+                self._goBack(action.key, action.kind == "reset")
+                continue
+            predictor = self.logic.loadedPredictor()
+            if predictor is None:
+                if not self._modelWanted:
+                    self._modelWanted = True
+                    # Dependencies and the model file may ask and show progress: from the event loop, not here.
+                    qt.QTimer.singleShot(0, self._loadModel)
+                return
+            self._actions.pop(0)
+            self._startClick(action, predictor)
+        self._showStatus()
+
+    def _loadModel(self):
+        if not self._modelWanted:  # cancelled meanwhile
+            return
+        if not any(action.kind == "click" for action in self._actions):
+            self._modelWanted = False
+            return
+        try:
+            self.logic.loadPredictor(self._modelLoaded)
+        except SAMMed3DError as error:
+            self._modelFailed(user_message(error))
+        except Exception as error:
+            logging.exception("SAM-Med3D: preparing the model failed")
+            self._modelFailed(f"SAM-Med3D could not prepare the model: {error}")
+        self._showStatus()
+
+    def _modelLoaded(self, job):
+        if not self._modelWanted or job.cancelled:  # Cancel or Esc: the clicks were dropped then
+            return
+        self._modelWanted = False
+        if job.error is not None:
+            if not isinstance(job.error, SAMMed3DError):
+                logging.error("SAM-Med3D: loading the model failed", exc_info=job.error)
+            self._modelFailed(user_message(job.error))
+            return
+        self._advance()
+        self.updateGUIFromMRML()
+
+    def _modelFailed(self, message):
+        """The model cannot load: a real failure, so a dialog; the waiting clicks go."""
+        self._modelWanted = False
+        self._dropWork("")
+        self.updateGUIFromMRML()
+        self._showError(f"{message}\n\nThe clicks were not applied; {NOT_CHANGED[0].lower()}{NOT_CHANGED[1:]}")
+
+    def _startClick(self, action, predictor):
+        """Prepare the click on the main thread (the prompt book, what the segment holds) and hand its session step
+        to the worker."""
+        key = action.key
+        segmentationNode = slicer.mrmlScene.GetNodeByID(key[0])
+        if segmentationNode is None or segmentationNode.GetSegmentation().GetSegment(key[1]) is None:
+            self._status = "The segment was removed: its waiting clicks were dropped."
+            return
+        try:
+            book = self._currentBook(predictor)
+            segments, read = self._reader(segmentationNode, key[1])
+            rebased = book.reconcile(key, read, self._segmentStamp(key))
+            session = book.start_click(key, read, refine=action.refine)
+        except (SAMMed3DError, ValueError) as error:
+            self._status = f"{user_message(error)} {NOT_CHANGED}"
+            return
+        sessionRas = tuple(float(v) for v in self._worldToSegmentation(action.click.ras))
+        positive = action.click.positive
+        job = self.logic.submit("Segmenting at the click", lambda job: session.add_click(sessionRas, positive),
+                                self._clickDone)
+        self._running = _Running(action, job, book, self._segmentStamp(key), rebased)
+
+    def _clickDone(self, job):
+        """On the main thread, when the worker ran a click: write it, or discard it (cancelled, failed, or the
+        segment changed meanwhile: then it runs again from what the segment holds), then start what waits. A
+        failure's dialog comes last, once all is in order (its event loop takes clicks)."""
+        running, self._running = self._running, None
+        key, book = running.action.key, running.book
+        segmentationNode = slicer.mrmlScene.GetNodeByID(key[0])
+        gone = segmentationNode is None or segmentationNode.GetSegmentation().GetSegment(key[1]) is None
+        failure = None
+        if book is not self._book or gone:
+            pass  # its prompts were released (another source volume, the scene closed, the segment removed)
+        elif job.cancelled:
+            book.discard_click(key, job.result)
+        elif job.error is not None:
+            book.discard_click(key, None)
+            if isinstance(job.error, (SAMMed3DError, ValueError)):
+                self._status = f"{user_message(job.error)} {NOT_CHANGED}"
+            else:
+                logging.error("SAM-Med3D click failed", exc_info=job.error)
+                failure = f"SAM-Med3D failed: {job.error}\n\n{NOT_CHANGED} Details are in the log."
+        elif self._segmentStamp(key) != running.stamp:
+            book.discard_click(key, job.result)
+            self._actions.insert(0, running.action)  # the embedding is cached: this time it only decodes
+        else:
+            segments, read = self._reader(segmentationNode, key[1])
+            change = book.finish_click(key, job.result, running.action.click, read)
+            self._write(key, change, segments, read, click=True)
+            if key[0] not in self._watched:
+                self._watched[key[0]] = segmentationNode
+                self.addObserver(segmentationNode, slicer.vtkSegmentation.SegmentRemoved, self._forgetRemoved)
+            status = self.logic.statusText(job.result.timings)
+            self._status = CHANGED_OUTSIDE + " " + status if running.rebased else status
+        self._advance()
+        if self.scriptedEffect.active():
+            self.updateGUIFromMRML()
+        if failure:
+            self._showError(failure)
+
+    def _dropWork(self, message):
+        """Drop every waiting action and discard the running click when it ends."""
+        if self._running is not None:
+            self._running.job.cancel()
+        if self._actions or self._running is not None:
+            self._status = message
+        self._actions = []
+
+    def _showStatus(self):
+        """The status line: what runs and for how long, and how many clicks wait; else the last result. Called by
+        the logic after each poll of the busy worker."""
+        loading = self.logic.loadingJob()
+        waiting = sum(1 for action in self._actions if action.kind == "click")
+        parts = []
+        if self._running is not None and not self._running.job.cancelled:
+            parts.append(self._running.job.describe())
+        elif self._modelWanted:
+            parts.append(loading.describe() if loading else "Preparing the model...")
+        if waiting:
+            parts.append(f"{waiting} click{'s' if waiting > 1 else ''} waiting")
+        self.cancelButton.enabled = bool(parts)
+        self.statusLabel.text = " | ".join(parts) if parts else (self._status or self.logic.statusText())
+
+    def _goBack(self, key, everything):
+        segmentationNode = slicer.mrmlScene.GetNodeByID(key[0])
+        book = self._currentBook()
+        if book is None or segmentationNode is None or not book.clicks(key):
+            return
+        segments, read = self._reader(segmentationNode, key[1])
+        if book.reconcile(key, read, self._segmentStamp(key)):
+            self._status = CHANGED_OUTSIDE
         elif everything:
             while book.clicks(key) and self._undoWithEditor(book, key, read):
                 pass
@@ -280,29 +528,28 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect, VTKObservationMix
         elif not self._undoWithEditor(book, key, read):
             change = book.undo(key)
             if change is None:
-                self.statusLabel.text = "Older clicks cannot be undone (undo memory is full); use Reset."
+                self._status = "Older clicks cannot be undone (undo memory is full); use Reset."
             else:
                 self._write(key, change, segments, read, click=False)
-        self.updateGUIFromMRML()
 
     def _undoWithEditor(self, book, key, read):
         """Undo the key's last click with the editor's Undo, if its newest undo state is that click; True if the
         editor undid something (the book then follows, or starts again from what the segment holds)."""
-        stamp = self._segmentationStamp()
+        stamp = self._segmentationStamp(key)
         editor = self._editorWidget()
         if editor is None or self._chain.last(stamp) != (key, len(book.clicks(key))):
             return False
         editor.undo()
-        after = self._segmentationStamp()
+        after = self._segmentationStamp(key)
         if after == stamp:  # no such undo state (beyond the editor's undo memory)
             self._chain.clear(after)
             return False
-        if book.undo_in_step(key, read, self._segmentStamp()):
+        if book.undo_in_step(key, read, self._segmentStamp(key)):
             self._chain.undone(after)
         else:
-            book.rebase(key, read, self._segmentStamp())
+            book.rebase(key, read, self._segmentStamp(key))
             self._chain.clear(after)
-            self.statusLabel.text = CHANGED_OUTSIDE
+            self._status = CHANGED_OUTSIDE
         return True
 
     # -- helpers -----------------------------------------------------------------------------------------------
@@ -316,13 +563,15 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect, VTKObservationMix
             return segmentationNode, None
         return segmentationNode, segmentId
 
-    def _segmentStamp(self):
-        segmentationNode, segmentId = self._selection()
-        return segment_stamp(segmentationNode.GetSegmentation(), segmentId)
+    @staticmethod
+    def _segmentStamp(key):
+        segmentationNode = slicer.mrmlScene.GetNodeByID(key[0])
+        return segment_stamp(segmentationNode.GetSegmentation(), key[1]) if segmentationNode else ()
 
-    def _segmentationStamp(self):
-        segmentationNode, _ = self._selection()
-        return segmentationNode.GetID(), segmentation_stamp(segmentationNode.GetSegmentation())
+    @staticmethod
+    def _segmentationStamp(key):
+        segmentationNode = slicer.mrmlScene.GetNodeByID(key[0])
+        return key[0], segmentation_stamp(segmentationNode.GetSegmentation())
 
     def _editorWidget(self):
         """The qMRMLSegmentEditorWidget that owns this effect: an ancestor of its options frame (see the module
@@ -364,8 +613,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect, VTKObservationMix
         grid.GetImageToWorldMatrix(matrix)
         volume = Volume(voxels, array_ijk_to_ras(slicer.util.arrayFromVTKMatrix(matrix), grid.GetExtent()))
         embeddings = EmbeddingCache()
+        staged = StagedPredictor(predictor, self.logic.worker)  # its encode names itself on the status line
         self._book = PromptBook(
-            lambda initial: InteractiveSession(predictor, volume, initial_mask=initial, embeddings=embeddings),
+            lambda initial: InteractiveSession(staged, volume, initial_mask=initial, embeddings=embeddings),
             volume.array.shape,
         )
         self._bookKey, self._volume = (key, predictor), volume
@@ -449,8 +699,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect, VTKObservationMix
             self.removeObserver(self._watched.pop(nodeId), slicer.vtkSegmentation.SegmentRemoved, self._forgetRemoved)
 
     def _reader(self, segmentationNode, segmentId):
-        """The segmentation on the book's grid, and `read(region)` for the selected segment: its layer read directly,
-        or, for a layer on another grid, as the editor resamples it."""
+        """The segmentation on the book's grid, and `read(region)` for a segment: its layer read directly, or, for a
+        layer on another grid, as the editor resamples the selected segment (SAMMed3DError for another segment:
+        it was selected when clicked, and is to be selected again)."""
         image = self.scriptedEffect.sourceVolumeImageData()
         segments = SegmentationOnGrid(segmentationNode.GetSegmentation(), image)
         extent = tuple(image.GetExtent())
@@ -458,41 +709,45 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect, VTKObservationMix
         def read(region):
             block = segments.segment(segmentId, region)
             if block is None:
+                if segmentId != self._selection()[1]:
+                    raise SAMMed3DError(f"Select the segment '{segmentId}' again to apply its clicks")
                 block = labelmap_in_extent(self.scriptedEffect.selectedSegmentLabelmap(), region_extent(region, extent))
             return block
 
         return segments, read
 
     def _write(self, key, change, segments, read, click):
-        """Write a change as one undo state and one update of the segmentation; keep the book and, for a click,
-        the undo chain in step."""
+        """Write a change of the key's segment as one undo state and one update of the segmentation; keep the book
+        and, for a click, the undo chain in step."""
         if change is None or change.empty:
             return
-        segmentationNode, segmentId = self._selection()
+        segmentationNode, segmentId = slicer.mrmlScene.GetNodeByID(key[0]), key[1]
         region = change.region
-        before = self._segmentationStamp()
+        before = self._segmentationStamp(key)
         held = segments.holders(segmentId, region, change.add > 0)
         self.scriptedEffect.saveStateForUndo()
         add = slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeAdd
         with slicer.util.NodeModify(segmentationNode):
-            self._modify(segmentationNode, segmentId, change.add, region, add)
+            self._modify(segmentationNode, segmentId, change.add, region, add, bypassMasking=False)
             self._modify(segmentationNode, segmentId, change.remove, region,
-                         slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeRemove)
+                         slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeRemove, bypassMasking=False)
             for other, block in change.give_back.items():
                 if segmentationNode.GetSegmentation().GetSegment(other) is not None:
-                    self._modify(segmentationNode, other, block, region, add)
+                    self._modify(segmentationNode, other, block, region, add, bypassMasking=True)
         holds = read(region) > 0
         still = segments.holders(segmentId, region, change.add > 0)
         taken = {other: block & holds & ~still.get(other, np.zeros_like(block)) for other, block in held.items()}
-        self._book.written(key, change, read, taken, self._segmentStamp())
+        self._book.written(key, change, read, taken, self._segmentStamp(key))
         if click:
-            self._chain.clicked(key, len(self._book.clicks(key)), before, self._segmentationStamp())
+            self._chain.clicked(key, len(self._book.clicks(key)), before, self._segmentationStamp(key))
         else:
-            self._chain.clear(self._segmentationStamp())
+            self._chain.clear(self._segmentationStamp(key))
 
-    def _modify(self, segmentationNode, segmentId, block, region, mode):
-        """One modifier labelmap on the aligned source volume's grid, cropped to its voxels. Voxels given back to
-        another segment bypass the editable area: they are the way back from this effect's own edit."""
+    def _modify(self, segmentationNode, segmentId, block, region, mode, bypassMasking):
+        """One modifier labelmap on the aligned source volume's grid, cropped to its voxels, for a segment (the
+        clicked one, which may no longer be the selected one, with the editor's masking: what
+        modifySelectedSegmentByLabelmap does for the selected one, abstract effect .cxx:265-276). Voxels given back
+        to another segment bypass the editable area: they are the way back from this effect's own edit."""
         block, box = crop_to_nonzero(block, region)
         if not block.size:
             return
@@ -502,10 +757,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect, VTKObservationMix
         labelmap = slicer.vtkOrientedImageData()
         write_region(labelmap, block, box, image.GetExtent())
         labelmap.SetImageToWorldMatrix(matrix)
-        if segmentId == self._selection()[1]:
-            self.scriptedEffect.modifySelectedSegmentByLabelmap(labelmap, mode)
-        else:
-            self.scriptedEffect.modifySegmentByLabelmap(segmentationNode, segmentId, labelmap, mode, True)
+        self.scriptedEffect.modifySegmentByLabelmap(segmentationNode, segmentId, labelmap, mode, bypassMasking)
 
     def _worldToSegmentation(self, worldRas):
         segmentationNode = self.scriptedEffect.parameterSetNode().GetSegmentationNode()
@@ -516,41 +768,51 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect, VTKObservationMix
         return worldToSegmentation.TransformPoint(list(worldRas))
 
     def _clicks(self):
+        """The selected segment's applied clicks and the clicks still to apply (running and waiting)."""
         segmentationNode, segmentId = self._selection()
-        if self._book is None or segmentId is None:
-            return []
-        return self._book.clicks((segmentationNode.GetID(), segmentId))
+        if segmentId is None:
+            return [], []
+        key = (segmentationNode.GetID(), segmentId)
+        applied = self._book.clicks(key) if self._book is not None else []
+        running = [self._running.action] if self._running is not None and not self._running.job.cancelled else []
+        waiting = [action.click for action in running + self._actions if action.kind == "click" and action.key == key]
+        return applied, waiting
 
     def _showError(self, message):
+        """A real failure (the model cannot load, the network failed): the status line and a dialog. From the event
+        loop only, never inside an event handler."""
+        self._status = message
         self.statusLabel.text = message
         slicer.util.errorDisplay(message, windowTitle="SAM-Med3D")
 
     def updateMarkups(self):
-        """While active, show the selected segment's clicks as locked points in its colour (include: sphere,
-        exclude: cross)."""
+        """While active, show the selected segment's clicks in the slice views: applied ones in the marker colour,
+        those still to apply paler, each over a dark outline."""
         if not self.scriptedEffect.active():
             return
-        segmentationNode, segmentId = self._selection()
-        segment = segmentationNode.GetSegmentation().GetSegment(segmentId) if segmentId else None
-        clicks = self._clicks()
+        applied, waiting = self._clicks()
         for positive in (True, False):
-            node = self._markupsNode(positive)
-            node.RemoveAllControlPoints()
-            if segment:
-                node.GetDisplayNode().SetColor(segment.GetColor())
-                node.GetDisplayNode().SetSelectedColor(segment.GetColor())
-            for click in clicks:
-                if click.positive == positive:
-                    node.AddControlPoint(*click.ras)
+            for outline in (True, False):
+                node = self._markupsNode(positive, outline)
+                wasModifying = node.StartModify()
+                node.RemoveAllControlPoints()
+                for index, click in enumerate(applied + waiting):
+                    if click.positive == positive:
+                        point = node.AddControlPoint(*click.ras)
+                        node.SetNthControlPointSelected(point, index < len(applied))
+                node.EndModify(wasModifying)
 
-    def _markupsNode(self, positive):
-        node = self._markups.get(positive)
+    def _markupsNode(self, positive, outline):
+        node = self._markups.get((positive, outline))
         if node is None or node.GetScene() is None:
+            if not outline:
+                self._markupsNode(positive, True)  # the outline first: drawn beneath (see MARKUPS_NAMES)
             # The Markups logic makes every new markups node the active place list (vtkSlicerMarkupsLogic.cxx:480);
             # the user's own list stays the active one.
             selection = slicer.app.applicationLogic().GetSelectionNode()
             activeClass, activeId = selection.GetActivePlaceNodeClassName(), selection.GetActivePlaceNodeID()
-            node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", MARKUPS_NAMES[positive])
+            name = OUTLINE_NAMES[positive] if outline else MARKUPS_NAMES[positive]
+            node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
             selection.SetReferenceActivePlaceNodeClassName(activeClass)
             selection.SetReferenceActivePlaceNodeID(activeId)
             node.SetHideFromEditors(True)
@@ -560,5 +822,10 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect, VTKObservationMix
             display = node.GetDisplayNode()
             display.SetPointLabelsVisibility(False)
             display.SetGlyphTypeFromString(MARKUPS_GLYPHS[positive])
-            self._markups[positive] = node
+            display.SetVisibility3D(False)  # prompts are drawn where they are made: slice views only
+            display.SetUseGlyphScale(True)
+            display.SetGlyphScale(OUTLINE_SCALE if outline else MARKER_SCALE)
+            display.SetSelectedColor(OUTLINE_COLOR if outline else MARKER_COLORS[positive])
+            display.SetColor(OUTLINE_COLOR if outline else PENDING_COLORS[positive])
+            self._markups[(positive, outline)] = node
         return node

@@ -116,6 +116,10 @@ class OnnxPredictor:
 
     `providers`: "auto" uses CUDA when onnxruntime-gpu is installed and a GPU answers (ONNX Runtime falls back to
     the CPU when CUDA fails to start), else the CPU; "cuda" (or a list naming CUDA) fails unless CUDA really runs.
+    On the CPU, ONNX Runtime keeps its default intra-op threads (one per core, spinning): unlike torch's OpenMP team
+    they need no adapting to a shared CPU, since its pool hands work out as threads come free and the calling thread
+    runs what a descheduled one has not started (benchmarks/encoder.py --busy-cores 1: 1.17x the one-thread idle
+    time with one of two cores busy, 0.6x when idle).
     `self.providers` lists what ONNX Runtime actually uses (`device` and `label` say it in short), `self.metadata` the
     export's metadata (package version, source checkpoint's sha256).
     """

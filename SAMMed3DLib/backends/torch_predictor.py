@@ -5,10 +5,12 @@ torch is imported inside the functions, so importing this module costs nothing u
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Tuple
+import contextlib
+from typing import TYPE_CHECKING, Any, Iterator, Tuple
 
 import numpy as np
 
+from SAMMed3DLib.backends.cpu_threads import threads_to_use
 from SAMMed3DLib.backends.predictor import BACKENDS, DEVICES
 from SAMMed3DLib.errors import DeviceUnavailable, UnknownChoice
 
@@ -41,7 +43,12 @@ def select_device(name: str = "auto") -> torch.device:
 
 
 class TorchPredictor:
-    """The torch network (`SamMed3D`) behind the predictor protocol; the embedding stays on `torch_device`."""
+    """The torch network (`SamMed3D`) behind the predictor protocol; the embedding stays on `torch_device`.
+
+    On the CPU each encode runs on the thread count torch had when the predictor was made (what the host application
+    or the user chose) less the cores other processes keep busy (`cpu_threads`, about 25 ms to find out); decodes,
+    too short to pay for that, run on the last encode's count. The count is set in the calling thread (torch's
+    OpenMP thread count is per thread) and put back afterwards."""
 
     def __init__(self, model: torch.nn.Module, device: Any = "cpu"):
         import torch
@@ -50,11 +57,29 @@ class TorchPredictor:
         self.device = self.torch_device.type
         self.label = f"{BACKENDS['torch']} on {self.device}"
         self.model = model.to(self.torch_device).eval()
+        self.max_threads = torch.get_num_threads()
+        self._threads = self.max_threads  # the last encode's choice
+
+    @contextlib.contextmanager
+    def _cpu_threads(self, choose: bool) -> Iterator[None]:
+        import torch
+
+        if self.device != "cpu":
+            yield
+            return
+        if choose:
+            self._threads = threads_to_use(self.max_threads)
+        previous = torch.get_num_threads()
+        torch.set_num_threads(self._threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(previous)
 
     def encode(self, image: np.ndarray) -> torch.Tensor:
         import torch
 
-        with torch.inference_mode():
+        with torch.inference_mode(), self._cpu_threads(choose=True):
             return self.model.encode(torch.from_numpy(np.ascontiguousarray(image, np.float32)).to(self.torch_device))
 
     def decode(
@@ -63,7 +88,7 @@ class TorchPredictor:
         """`embedding`: what `encode` returned, or a numpy array (an embedding from a server: the remote backend)."""
         import torch
 
-        with torch.inference_mode():
+        with torch.inference_mode(), self._cpu_threads(choose=False):
             logits, iou = self.model.decode(
                 torch.as_tensor(embedding, device=self.torch_device),
                 torch.from_numpy(np.ascontiguousarray(points, np.float32)).to(self.torch_device),

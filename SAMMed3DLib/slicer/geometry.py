@@ -109,3 +109,14 @@ def write_region(image, content: np.ndarray, region: Region, extent: Sequence[in
     image.SetExtent(*region_extent(region, extent))
     image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
     numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = block.ravel()
+
+
+def inside_extent(image_to_world: np.ndarray, extent: Sequence[int], ras: Sequence[float]) -> bool:
+    """Whether a RAS point lies within the voxels of an image (each voxel reaching half a voxel around its centre,
+    as `Volume.contains`): `image_to_world` maps the image's IJK (VTK's, whose extent is `extent`) to that RAS."""
+    if 0 in extent_shape(extent):
+        return False
+    ijk = np.linalg.solve(np.asarray(image_to_world, dtype=float), [*(float(v) for v in ras), 1.0])[:3]
+    low = np.array(extent[0::2], dtype=float) - 0.5
+    high = np.array(extent[1::2], dtype=float) + 0.5
+    return bool(np.all(ijk >= low) and np.all(ijk <= high))

@@ -176,13 +176,31 @@ class PromptBook:
 
         `session_ras` is the click in the session volume's RAS (after parent transforms). With `refine`, a
         segment's first click starts its session from the segment's content, which the clicks may then take
-        away; without, that content is the segment's own and stays. Call `reconcile` first."""
+        away; without, that content is the segment's own and stays. Call `reconcile` first. The Segment Editor
+        effect runs the same three steps with the session's part on its worker thread: `start_click` and
+        `finish_click` read the segment (the main thread's), `session.add_click` only computes."""
+        session = self.start_click(key, read, refine)
+        try:
+            prediction = session.add_click(tuple(float(v) for v in session_ras), positive=click.positive)
+        except BaseException:
+            self.discard_click(key, None)
+            raise
+        return prediction, self.finish_click(key, prediction, click, read)
+
+    def start_click(self, key: SegmentKey, read: Read, refine: bool = False) -> object:
+        """The session that the segment's next click runs in (made now for a segment's first click); nothing else
+        of the book may touch it until `finish_click` or `discard_click`."""
         entry = self._segments.get(key)
         if entry is None:
             initial = read(tuple(slice(0, n) for n in self.shape)) if refine else None
             entry = _Segment(self._start_session(initial), BoxedArray(self.shape), BoxedArray(self.shape),
                              refined=refine)
-        prediction = entry.session.add_click(tuple(float(v) for v in session_ras), positive=click.positive)
+            self._segments[key] = entry
+        return entry.session
+
+    def finish_click(self, key: SegmentKey, prediction, click: Click, read: Read) -> Change:
+        """After the session ran the click (`prediction`): the bookkeeping, and the `Change` to write."""
+        entry = self._segments[key]
         region = prediction.region
 
         def first_sight(box: Region) -> np.ndarray:
@@ -193,8 +211,19 @@ class PromptBook:
         entry.records.append(_ClickRecord(
             region, np.packbits((entry.state.get(region) & HOLDS) > 0), BoxedArray.cropped(entry.taken.get(region))))
         entry.clicks.append(click)
-        self._segments[key] = entry
-        return prediction, entry.change(region)
+        return entry.change(region)
+
+    def discard_click(self, key: SegmentKey, prediction) -> None:
+        """Forget a click whose session step will not be written (cancelled, or the segment changed meanwhile): the
+        session goes back to before it (`prediction` None: the session failed and is as it was), and a segment
+        that has no clicks yet is forgotten."""
+        entry = self._segments.get(key)
+        if entry is None:
+            return
+        if prediction is not None:
+            entry.session.undo()
+        if not entry.clicks:
+            del self._segments[key]
 
     def written(self, key: SegmentKey, change: Change, read: Read, taken: Dict[str, np.ndarray], stamp) -> None:
         """After a change was written: what the segment holds now, and which voxels the write took from whom

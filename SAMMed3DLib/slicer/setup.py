@@ -9,10 +9,13 @@ after asking the user (pip from a worker thread crashes Slicer on macOS).
 from __future__ import annotations
 
 import importlib.util
+import re
+import shutil
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from SAMMed3DLib import weights
 from SAMMed3DLib.backends.predictor import BACKENDS, DEVICES, Predictor, load_predictor
@@ -36,6 +39,10 @@ _NEEDS = {"torch": ("torch", "scipy", "safetensors"), "onnx": ("onnxruntime", "s
           "remote": ("onnxruntime", "tritonclient", "scipy")}
 TORCH_REQUIREMENT = REQUIREMENTS["torch"][len("torch"):]
 MINIMUM_TORCH = tuple(int(part) for part in TORCH_REQUIREMENT.lstrip(">=").split("."))
+# Where an NVIDIA GPU is present, ONNX Runtime comes as onnxruntime-gpu (the same `onnxruntime` module, with the CUDA
+# provider); the design runs it on CUDA when it can.
+ONNXRUNTIME_GPU = REQUIREMENTS["onnxruntime"].replace("onnxruntime", "onnxruntime-gpu", 1)
+NVIDIA_DRIVER_FILE = Path("/proc/driver/nvidia/version")  # the Linux driver's kernel module
 
 SETTINGS_KEYS = {
     "model": "SAMMed3D/Model",
@@ -108,21 +115,61 @@ def _usable(name: str) -> bool:
     return tuple(int(part) for part in version("torch").split("+")[0].split(".")[:2]) >= MINIMUM_TORCH
 
 
-def missing_packages(backend: str, is_installed: Callable[[str], bool] = _usable) -> Tuple[bool, List[str]]:
-    """(torch is missing, pip requirements of the other missing packages) for a backend."""
+def nvidia_gpu_present() -> bool:
+    """Whether an NVIDIA driver is installed: its `nvidia-smi` on the PATH (the Windows and Linux drivers install
+    it) or the Linux kernel module's version file. macOS has none."""
+    return shutil.which("nvidia-smi") is not None or NVIDIA_DRIVER_FILE.exists()
+
+
+def missing_packages(
+    backend: str, is_installed: Callable[[str], bool] = _usable, nvidia: Callable[[], bool] = nvidia_gpu_present
+) -> Tuple[bool, List[str]]:
+    """(torch is missing, pip requirements of the other missing packages) for a backend; onnxruntime-gpu for ONNX
+    Runtime where an NVIDIA GPU is present."""
     needed = _NEEDS[backend]
     return (
         "torch" in needed and not is_installed("torch"),
-        [REQUIREMENTS[name] for name in needed if name != "torch" and not is_installed(name)],
+        [ONNXRUNTIME_GPU if name == "onnxruntime" and nvidia() else REQUIREMENTS[name]
+         for name in needed if name != "torch" and not is_installed(name)],
     )
 
 
+def import_name(requirement: str) -> str:
+    """The module a pip requirement installs: "onnxruntime-gpu>=1.17" -> "onnxruntime"."""
+    name = re.split(r"[<>=!~;\[\s]", requirement.strip(), maxsplit=1)[0].lower().replace("-", "_")
+    return "onnxruntime" if name == "onnxruntime_gpu" else name
+
+
+def imported_already(names: Sequence[str], modules: Mapping[str, object] = sys.modules) -> List[str]:
+    """Those of the modules that this Python has imported: installing a new version of one takes effect only after
+    a restart (Python keeps the imported one)."""
+    return [name for name in names if name in modules]
+
+
+def outdated_torch_imported(modules: Mapping[str, object] = sys.modules) -> Optional[str]:
+    """The version of an imported torch older than `MINIMUM_TORCH` (an upgrade installed since it was imported
+    needs a restart), else None."""
+    torch = modules.get("torch")
+    version = str(getattr(torch, "__version__", "")) if torch is not None else ""
+    numbers = re.match(r"(\d+)\.(\d+)", version)
+    if numbers and tuple(int(part) for part in numbers.groups()) < MINIMUM_TORCH:
+        return version
+    return None
+
+
 def model_file(settings: ModelSettings) -> Optional[Path]:
-    """The model to load if it is on this machine (a local file, or a verified cached download), else None."""
+    """The model to load if it is on this machine (a local checkpoint file for PyTorch or export folder for ONNX
+    Runtime, or a verified cached download), else None."""
     if settings.model == LOCAL_FILE:
         path = Path(settings.local_path).expanduser()
         if not path.exists():
             raise SAMMed3DError(f"{path} does not exist; choose another model file")
+        if settings.backend == "torch" and path.is_dir():
+            raise SAMMed3DError(f"{path} is a folder, and PyTorch reads a checkpoint file: choose the file, or "
+                                "choose ONNX Runtime for an exported model folder")
+        if settings.backend == "onnx" and not path.is_dir():
+            raise SAMMed3DError(f"{path} is a file, and ONNX Runtime reads an exported model folder: choose the "
+                                "folder that holds encoder.onnx and decoder.onnx, or choose PyTorch for a checkpoint")
         return path
     return weights.cached(settings.model)
 

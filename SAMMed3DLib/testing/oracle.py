@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Optional, Tuple
 
 import numpy as np
@@ -68,3 +69,21 @@ class ThresholdPredictor:
         fraction = blocks.mean(axis=(1, 3, 5), dtype=np.float32)
         logits = (fraction - 0.5) * MASK_LOGIT_SCALE
         return logits.reshape(LOGITS_SHAPE).astype(np.float32), np.ones((1, 1), np.float32)
+
+
+class GatedPredictor(ThresholdPredictor):
+    """The threshold oracle whose encode waits until the test sets `open`: an encode exactly as long as the test
+    wants, so that what happens while one runs can be checked, fast and deterministically. `entered` is set when an
+    encode has started, `encodes` counts the finished ones."""
+
+    def __init__(self, threshold: Optional[float] = None, timeout: float = 30.0):
+        super().__init__(threshold)
+        self.entered, self.open = threading.Event(), threading.Event()
+        self.encodes, self._timeout = 0, timeout
+
+    def encode(self, image: np.ndarray) -> np.ndarray:
+        self.entered.set()
+        if not self.open.wait(self._timeout):
+            raise TimeoutError(f"the gate stayed closed for {self._timeout} s")
+        self.encodes += 1
+        return super().encode(image)

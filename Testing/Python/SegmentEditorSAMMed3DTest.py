@@ -12,9 +12,11 @@ Run: Slicer --testing --python-code "import slicer.testing; slicer.testing.runUn
 
 import os
 import tempfile
+import time
 import unittest
 
 import numpy as np
+import qt
 import SegmentEditorSAMMed3D
 import slicer
 import vtk
@@ -22,7 +24,7 @@ from vtk.util import numpy_support
 
 from SAMMed3D import SAMMed3DLogic
 from SAMMed3DLib.slicer.setup import LOCAL_FILE, ModelSettings, missing_packages
-from SAMMed3DLib.testing.oracle import ThresholdPredictor
+from SAMMed3DLib.testing.oracle import GatedPredictor, ThresholdPredictor
 from SAMMed3DLib.testing.scenes import SHAPE, SPACING, letter_and_ball, rotation
 
 IN_THE_L = (12, 45, 36)  # K,J,I
@@ -87,17 +89,36 @@ class SegmentEditorSAMMed3DTest(unittest.TestCase):
         k, j, i = kji
         return (self.voxelToWorld @ np.array([i, j, k, 1.0]))[:3]
 
-    def click(self, kji, positive=True):
-        """A left click (Ctrl+click to exclude) at the voxel's centre in the Red view."""
+    def click(self, kji, positive=True, wait=True, double=False):
+        """A left click (Ctrl+click to exclude) at the voxel's centre in the Red view; with `wait`, returns once
+        the effect has applied it (it works on its worker thread); `double`: the double-click event that VTK sends
+        for a quick second press follows."""
         sliceNode = self.sliceWidget.mrmlSliceNode()
         sliceNode.JumpSliceByCentering(*self.world(kji))
         width, height, _ = sliceNode.GetDimensions()
         self.sliceWidget.interactorStyle().GetInteractor().SetEventPosition(width // 2, height // 2)
         self.send(vtk.vtkCommand.LeftButtonPressEvent, control=not positive)
+        if double:
+            self.send(vtk.vtkCommand.LeftButtonDoubleClickEvent, control=not positive)
+        if wait:
+            self.waitIdle()
 
     def key(self, keySym, shift=False):
         self.sliceWidget.interactorStyle().GetInteractor().SetKeySym(keySym)
         self.send(vtk.vtkCommand.KeyPressEvent, shift=shift)
+        self.waitIdle()
+
+    def press(self, button):
+        button.click()
+        self.waitIdle()
+
+    def waitIdle(self, timeout=60.0):
+        """Turn the event loop until the effect and the module's worker have nothing left to do."""
+        deadline = time.monotonic() + timeout
+        while self.effect.isBusy() or self.logic.worker.busy:
+            self.assertLess(time.monotonic(), deadline, "SAM-Med3D was still busy")
+            slicer.app.processEvents()
+            time.sleep(0.005)
 
     def send(self, eventId, control=False, shift=False):
         """An event of the Red view's interactor, with these modifier keys, to the effect as the editor passes it;
@@ -160,8 +181,49 @@ class SegmentEditorSAMMed3DTest(unittest.TestCase):
         position = [0.0, 0.0, 0.0]
         include.GetNthControlPointPositionWorld(0, position)
         np.testing.assert_allclose(position, self.world(IN_THE_L), atol=1e-3)
-        color = self.segmentationNode.GetSegmentation().GetSegment("A").GetColor()
-        np.testing.assert_allclose(include.GetDisplayNode().GetSelectedColor(), color)
+        self.assertTrue(include.GetNthControlPointSelected(0))  # applied: drawn in the marker colour
+        self.assertFalse(include.GetDisplayNode().GetVisibility3D())
+
+    def test_the_main_thread_turns_while_an_encode_runs(self):
+        """A click returns before its encode ends; Slicer's event loop keeps running (here: a timer) while the
+        encode runs on the worker thread, which gets the GIL lent by the module's poll; the result lands later."""
+        gated = GatedPredictor()
+        self.logic.setPredictor(gated)
+        ticks = []
+        timer = qt.QTimer()
+        timer.setInterval(10)
+        timer.connect("timeout()", lambda: ticks.append(time.monotonic()))
+        timer.start()
+        try:
+            self.click(IN_THE_L, wait=False)
+            self.assertEqual(self.segmentArray("A").sum(), 0)
+            self.assertEqual(self.points(), 1)  # shown at once, pending
+            start = time.monotonic()
+            while time.monotonic() - start < 0.5:
+                slicer.app.processEvents()
+                time.sleep(0.01)
+            self.assertGreaterEqual(len(ticks), 10)
+            self.assertIn("Encoding the region around the click", self.effect.statusLabel.text)
+        finally:
+            gated.open.set()
+            timer.stop()
+        self.waitIdle()
+        self.assertMatches(self.segmentArray("A"), self.letterL)
+
+    def test_esc_during_an_encode_and_a_double_click(self):
+        gated = GatedPredictor()
+        self.logic.setPredictor(gated)
+        self.click(IN_THE_L, wait=False)
+        self.editorWidget.setActiveEffect(None)  # what Esc does in the Segment Editor
+        self.assertEqual(self.ourMarkups(), [])
+        gated.open.set()
+        self.waitIdle()
+        self.assertEqual(self.segmentArray("A").sum(), 0)
+        self.assertEqual(self.ourMarkups(), [])
+        self.activate()
+        self.click(IN_THE_L, double=True)  # press, then the double-click event: one click
+        self.assertEqual(self.points(), 1)
+        self.assertMatches(self.segmentArray("A"), self.letterL)
 
     def test_exclude_undo_and_reset_restore(self):
         self.click(IN_THE_L)
@@ -188,7 +250,7 @@ class SegmentEditorSAMMed3DTest(unittest.TestCase):
         self.click(IN_THE_L)  # the default overwrite mode takes the L's voxels from B
         self.assertEqual((self.segmentArray("B") & self.segmentArray("A")).sum(), 0)
         self.assertLess(self.segmentArray("B").sum(), other.sum())
-        self.effect.undoButton.click()
+        self.press(self.effect.undoButton)
         np.testing.assert_array_equal(self.segmentArray("B"), other)
         self.assertEqual(self.segmentArray("A").sum(), 0)
         self.editorNode.SetMaskMode(slicer.vtkMRMLSegmentationNode.EditAllowedOutsideAllSegments)
@@ -196,7 +258,7 @@ class SegmentEditorSAMMed3DTest(unittest.TestCase):
         np.testing.assert_array_equal(self.segmentArray("B"), other)
         self.assertEqual((self.segmentArray("A") & other).sum(), 0)
         self.editorNode.SetMaskMode(slicer.vtkMRMLSegmentationNode.EditAllowedEverywhere)
-        self.effect.resetButton.click()
+        self.press(self.effect.resetButton)
         np.testing.assert_array_equal(self.segmentArray("B"), other)
         self.assertEqual(self.segmentArray("A").sum(), 0)
 
@@ -276,7 +338,7 @@ class SegmentEditorSAMMed3DTest(unittest.TestCase):
                 self.click(IN_THE_L)
                 self.assertIn("PyTorch on cpu", self.effect.statusLabel.text)
                 self.assertIn("encode", self.effect.statusLabel.text)
-                self.effect.undoButton.click()
+                self.press(self.effect.undoButton)
                 np.testing.assert_array_equal(self.segmentArray("A"), before)
             finally:
                 self.logic.saveSettings(stored)
