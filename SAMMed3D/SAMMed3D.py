@@ -1,5 +1,6 @@
-"""SAM-Med3D module: the model panel (checkpoint, backend, device, dependencies) and the logic that the Segment Editor
-effect "SAM-Med3D" shares with it. Segmentation itself happens in the Segment Editor; see SegmentEditorSAMMed3DLib.
+"""SAM-Med3D module: the model panel (checkpoint, backend, device, remote server, dependencies) and the logic that the
+Segment Editor effect "SAM-Med3D" shares with it. Segmentation itself happens in the Segment Editor; see
+SegmentEditorSAMMed3DLib.
 
 Everything that can be plain Python lives in SAMMed3DLib.slicer (setup, prompts, geometry, messages), tested without
 Slicer; this file only connects it to Qt, the application settings and the user's consent.
@@ -30,6 +31,7 @@ from SAMMed3DLib.slicer.setup import (
     TORCH_REQUIREMENT,
     BackgroundDownload,
     ModelSettings,
+    connection_report,
     create_predictor,
     import_name,
     imported_already,
@@ -54,8 +56,9 @@ class SAMMed3D(ScriptedLoadableModule):
             "Click on a structure in a CT or MRI volume and get it in 3D, with the SAM-Med3D network. "
             "Choose the model here, then use the <b>SAM-Med3D</b> effect in the Segment Editor: left-click to "
             "include, Ctrl+left-click (Cmd+left-click on macOS) to exclude; the effect's help lists every shortcut. "
-            "Slicer stays usable while the model works. Nothing is sent anywhere; the model is downloaded only when "
-            "you ask, and checked with SHA256."
+            "Slicer stays usable while the model works. Nothing is sent anywhere unless you choose the remote server "
+            "backend (then only the normalised image patch of each new region goes to the server you enter); the "
+            "model is downloaded only when you ask, and checked with SHA256."
         )
         self.parent.acknowledgementText = (
             "SAM-Med3D by Wang, Cheng, et al. (uni-medical/SAM-Med3D, Apache-2.0). PyTorch installation through the "
@@ -76,8 +79,7 @@ class SAMMed3DWidget(ScriptedLoadableModuleWidget):
             self.ui.modelComboBox.addItem(f"{entry.name}: {entry.description}", entry.name)
         self.ui.modelComboBox.addItem("Local file", LOCAL_FILE)
         for backend, title in BACKENDS.items():
-            if backend != "remote":  # offered once the panel has its server URL, token and connection test
-                self.ui.backendComboBox.addItem(title, backend)
+            self.ui.backendComboBox.addItem(title, backend)
         for device in DEVICES:
             self.ui.deviceComboBox.addItem(device, device)
         self.updateGUIFromSettings()
@@ -86,6 +88,9 @@ class SAMMed3DWidget(ScriptedLoadableModuleWidget):
         self.ui.backendComboBox.connect("currentIndexChanged(int)", self.updateSettingsFromGUI)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.updateSettingsFromGUI)
         self.ui.localPathLineEdit.connect("currentPathChanged(QString)", self.updateSettingsFromGUI)
+        self.ui.serverLineEdit.connect("textChanged(QString)", self.updateSettingsFromGUI)
+        self.ui.tokenLineEdit.connect("textChanged(QString)", self.onTokenChanged)
+        self.ui.testConnectionButton.connect("clicked()", self.onTestConnection)
         self.ui.downloadButton.connect("clicked()", self.onDownload)
         self.ui.installButton.connect("clicked()", self.onInstall)
         self.ui.segmentEditorButton.connect("clicked()", lambda: slicer.util.selectModule("SegmentEditor"))
@@ -107,6 +112,11 @@ class SAMMed3DWidget(ScriptedLoadableModuleWidget):
         wasBlocked = self.ui.localPathLineEdit.blockSignals(True)
         self.ui.localPathLineEdit.currentPath = settings.local_path
         self.ui.localPathLineEdit.blockSignals(wasBlocked)
+        texts = ((self.ui.serverLineEdit, settings.server), (self.ui.tokenLineEdit, self.logic.serverToken))
+        for lineEdit, text in texts:
+            wasBlocked = lineEdit.blockSignals(True)
+            lineEdit.text = text
+            lineEdit.blockSignals(wasBlocked)
         self.updateStatus()
 
     def updateSettingsFromGUI(self, *_):
@@ -115,17 +125,27 @@ class SAMMed3DWidget(ScriptedLoadableModuleWidget):
             local_path=self.ui.localPathLineEdit.currentPath,
             backend=self.ui.backendComboBox.currentData,
             device=self.ui.deviceComboBox.currentData,
+            server=self.ui.serverLineEdit.text.strip(),
         )
         self.logic.saveSettings(settings)
         self.updateStatus()
+
+    def onTokenChanged(self, token):
+        self.logic.serverToken = token.strip()
 
     def updateStatus(self):
         settings = self.logic.settings()
         local = settings.model == LOCAL_FILE
         self.ui.localPathLineEdit.enabled = local
-        # PyTorch reads a checkpoint file, ONNX Runtime an export folder: the browse button picks what fits.
-        self.ui.localPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs if settings.backend == "onnx" else (
+        # PyTorch reads a checkpoint file, ONNX Runtime (also the remote server's decoder) an export folder: the
+        # browse button picks what fits.
+        self.ui.localPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs if settings.backend in ("onnx", "remote") else (
             ctk.ctkPathLineEdit.Files)
+        remote = settings.backend == "remote"
+        for widget in (self.ui.serverLabel, self.ui.serverLineEdit, self.ui.tokenLabel, self.ui.tokenLineEdit,
+                       self.ui.testConnectionButton, self.ui.connectionStatusLabel):
+            widget.visible = remote
+        self.ui.testConnectionButton.enabled = remote and bool(settings.server) and not self.logic.testingConnection
         entry = None if local else weights.find(settings.model)
         try:
             settings.validated()
@@ -152,6 +172,17 @@ class SAMMed3DWidget(ScriptedLoadableModuleWidget):
             self.logic.ensureModelFile(self.logic.settings().validated())
         except SAMMed3DError as error:
             slicer.util.errorDisplay(user_message(error), windowTitle="SAM-Med3D")
+        self.updateStatus()
+
+    def onTestConnection(self):
+        """Ask the server on the worker thread (it can take seconds); the answer replaces the label's text."""
+        self.ui.connectionStatusLabel.text = f"Connecting to {self.logic.settings().server}..."
+
+        def done(text):
+            self.ui.connectionStatusLabel.text = text
+            self.updateStatus()
+
+        self.logic.testConnection(done)
         self.updateStatus()
 
     def onInstall(self):
@@ -189,7 +220,9 @@ class SAMMed3DLogic(ScriptedLoadableModuleLogic):
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
         self._predictor = None  # the loaded Predictor, or the one set with setPredictor
-        self._loadedSettings = None  # the ModelSettings `_predictor` was loaded for; None for a set one
+        self._loadedFor = None  # (ModelSettings, server token) `_predictor` was loaded for; None for a set one
+        self.serverToken = ""  # the remote server's token: for this Slicer session only, never stored
+        self.testingConnection = False
         self._loading = None  # (Job, ModelSettings, callbacks) of the model load in progress
         self._downloads = {}  # registry name -> BackgroundDownload, kept while it runs (a cancelled dialog)
         self._dependenciesDeclined = False
@@ -341,12 +374,12 @@ class SAMMed3DLogic(ScriptedLoadableModuleLogic):
     def setPredictor(self, predictor):
         """Use this predictor instead of loading the configured model (self-tests: the threshold oracle);
         None goes back to the configured model."""
-        self._predictor, self._loadedSettings = predictor, None
+        self._predictor, self._loadedFor = predictor, None
 
     def loadedPredictor(self):
         """The predictor to run now: the one set with setPredictor, or the configured model once loaded for the
         current settings; None until then (`loadPredictor`)."""
-        if self._predictor is not None and self._loadedSettings in (None, self.settings()):
+        if self._predictor is not None and self._loadedFor in (None, (self.settings(), self.serverToken)):
             return self._predictor
         return None
 
@@ -360,17 +393,18 @@ class SAMMed3DLogic(ScriptedLoadableModuleLogic):
         `done(job)` runs on the main thread when it is loaded (`job.result`), failed (`job.error`) or was cancelled
         (`cancelLoading`). A load already running for the same settings is joined. Raises SAMMed3DError for what
         the user must do first."""
-        settings = self.settings().validated()
-        if self._loading and self._loading[1] == settings and not self._loading[0].cancelled:
+        wanted = (self.settings().validated(), self.serverToken)
+        if self._loading and self._loading[1] == wanted and not self._loading[0].cancelled:
             self._loading[2].append(done)
             return self._loading[0]
+        settings, token = wanted
         self.ensureDependencies(settings.backend)
         path = self.ensureModelFile(settings)
         slicer.util.showStatusMessage(f"SAM-Med3D: loading {path.name}...")  # replaced when done
         callbacks = [done]
-        job = self.submit(f"Loading the model ({path.name})", lambda job: create_predictor(settings, path),
-                          lambda job: self._loaded(job, settings, callbacks))
-        self._loading = (job, settings, callbacks)
+        job = self.submit(f"Loading the model ({path.name})", lambda job: create_predictor(settings, path, token),
+                          lambda job: self._loaded(job, wanted, callbacks))
+        self._loading = (job, wanted, callbacks)
         return job
 
     def cancelLoading(self):
@@ -378,7 +412,7 @@ class SAMMed3DLogic(ScriptedLoadableModuleLogic):
         if self._loading:
             self._loading[0].cancel()
 
-    def _loaded(self, job, settings, callbacks):
+    def _loaded(self, job, loadedFor, callbacks):
         if self._loading and self._loading[0] is job:
             self._loading = None
         if job.cancelled:
@@ -386,12 +420,35 @@ class SAMMed3DLogic(ScriptedLoadableModuleLogic):
         elif job.error is not None:
             message = "SAM-Med3D: the model could not be loaded"
         else:
-            self._predictor, self._loadedSettings = job.result, settings
-            logging.info(f"SAM-Med3D: loaded {settings}: {job.result.label} in {job.elapsed():.1f} s")
+            self._predictor, self._loadedFor = job.result, loadedFor
+            logging.info(f"SAM-Med3D: loaded {loadedFor[0]}: {job.result.label} in {job.elapsed():.1f} s")
             message = f"SAM-Med3D: model ready ({job.result.label}, loaded in {job.elapsed():.1f} s)"
         slicer.util.showStatusMessage(message, self.STATUS_MS)
         for callback in callbacks:
             callback(job)
+
+    def testConnection(self, done):
+        """Test the configured server on the worker (`connection_report`); `done(text)` on the main thread with the
+        report, or what is wrong worded for the user. The remote backend's packages are asked for first."""
+        settings, token = self.settings(), self.serverToken
+        try:
+            self.ensureDependencies("remote")
+        except SAMMed3DError as error:
+            done(user_message(error))
+            return None
+        self.testingConnection = True
+
+        def finished(job):
+            self.testingConnection = False
+            if job.error is None:
+                done(job.result)
+            elif isinstance(job.error, SAMMed3DError):
+                done(user_message(job.error))
+            else:
+                done(f"The connection test failed: {job.error}")
+
+        return self.submit(f"Testing the connection to {settings.server}",
+                           lambda job: connection_report(settings, token), finished)
 
     def statusText(self, timings=None):
         if self._predictor is None:

@@ -132,6 +132,25 @@ class PathLineEdit(Widget):
         self.emit("currentPathChanged(QString)", path)
 
 
+class LineEdit(Widget):
+    """QLineEdit: the `text` property; textChanged(QString) whenever the text changes, also when set by the
+    program (QLineEdit::textChanged, qlineedit.cpp), unless signals are blocked."""
+
+    def __init__(self, text="", parent=None):
+        self._text = text
+        super().__init__(text, parent)
+
+    @property
+    def text(self):
+        return self._text
+
+    @text.setter
+    def text(self, value):
+        changed, self._text = value != self._text, value
+        if changed and hasattr(self, "_slots"):
+            self.emit("textChanged(QString)", value)
+
+
 class UiWidget(Widget):
     def setMRMLScene(self, scene):
         self.scene = scene
@@ -277,8 +296,8 @@ def ctk_module() -> types.ModuleType:
 
 def load_ui(path):
     """slicer.util.loadUI: the .ui file's widgets, by object name, made from its classes."""
-    classes = {"QComboBox": ComboBox, "ctkPathLineEdit": PathLineEdit, "QPushButton": Widget, "QLabel": Widget,
-               "ctkCollapsibleButton": Widget, "qMRMLWidget": UiWidget}
+    classes = {"QComboBox": ComboBox, "ctkPathLineEdit": PathLineEdit, "QLineEdit": LineEdit, "QPushButton": Widget,
+               "QLabel": Widget, "ctkCollapsibleButton": Widget, "qMRMLWidget": UiWidget}
     top = UiWidget()
     top.children = {
         widget.get("name"): classes[widget.get("class")]()

@@ -603,7 +603,7 @@ def test_the_first_click_loads_the_model_on_the_worker_and_the_load_can_be_cance
                         lambda requirements: installed.append(threading.current_thread()) or pip_install(requirements))
     gate = GatedPredictor()
 
-    def create_predictor(settings, path):
+    def create_predictor(settings, path, token=None):
         loaded.append(threading.current_thread())
         assert gate.open.wait(30)
         return ThresholdPredictor()

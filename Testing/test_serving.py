@@ -115,13 +115,13 @@ def test_a_killed_server_fails_one_click_cleanly_and_a_restarted_one_works(pyrad
         with pytest.raises(CheckpointMismatch, match="encodes with checkpoint SHA256"):
             session.add_click(far)
         np.testing.assert_array_equal(session.mask, before)
-        served.stop()
+        served.terminate()
 
         served.start(_serve_args(tiny_export, served.port))
         np.testing.assert_array_equal(session.add_click(far).mask, local.add_click(far).mask)
         assert len(session.frames) == 2
     finally:
-        served.stop()
+        served.terminate()
 
 
 def test_a_server_with_another_checkpoint_is_refused_in_one_line(encoder_server, other_export, tmp_path, capsys):

@@ -171,9 +171,9 @@ def test_configured_model_is_loaded_once_on_the_worker_and_reloaded_on_change(mo
     monkeypatch.setattr(sammed3d, "missing_packages", lambda backend: (False, []))
     threads = []
 
-    def create_predictor(settings, path):
+    def create_predictor(settings, path, token=None):
         threads.append(threading.current_thread())
-        return original(settings, path)
+        return original(settings, path, token)
 
     original = sammed3d.create_predictor
     monkeypatch.setattr(sammed3d, "create_predictor", create_predictor)
@@ -207,7 +207,7 @@ def test_a_long_load_can_be_cancelled(module, app, monkeypatch, tmp_path):
     sammed3d, record = module
     monkeypatch.setattr(sammed3d, "missing_packages", lambda backend: (False, []))
     release = threading.Event()
-    monkeypatch.setattr(sammed3d, "create_predictor", lambda settings, path: release.wait(30) and object())
+    monkeypatch.setattr(sammed3d, "create_predictor", lambda settings, path, token: release.wait(30) and object())
     (tmp_path / "model.pth").write_bytes(b"")
     logic = sammed3d.SAMMed3DLogic.shared()
     logic.saveSettings(ModelSettings(model=LOCAL_FILE, local_path=str(tmp_path / "model.pth"), device="cpu"))
@@ -231,7 +231,7 @@ def test_the_panel_offers_the_registry_and_saves_choices(module, monkeypatch, tm
     widget.setup()
     ui = widget.ui
     assert [data for _, data in ui.modelComboBox.items] == [e.name for e in weights.REGISTRY] + [LOCAL_FILE]
-    assert [data for _, data in ui.backendComboBox.items] == ["torch", "onnx"]
+    assert [data for _, data in ui.backendComboBox.items] == ["torch", "onnx", "remote"]
     assert [data for _, data in ui.deviceComboBox.items] == ["auto", "cpu", "cuda", "mps"]
     assert ui.modelComboBox.currentData == "turbo" and not ui.localPathLineEdit.enabled
     assert ui.downloadButton.enabled and not ui.installButton.enabled
@@ -263,6 +263,73 @@ def test_the_panel_offers_the_registry_and_saves_choices(module, monkeypatch, tm
     assert again.ui.modelComboBox.currentData == "turbo" and again.ui.backendComboBox.currentData == "torch"
     ui.segmentEditorButton.emit("clicked()")
     assert record.selected == ["SegmentEditor"]
+
+
+def test_the_remote_server_panel_tests_the_connection_off_the_main_thread_and_loads(
+    module, app, monkeypatch, tiny_export, encoder_server
+):
+    """The server's fields show with the remote backend only; the URL is saved, the token kept in memory; "Test
+    connection" returns at once and its report lands later; the model then loads through the server."""
+    from SAMMed3DLib.backends.remote_predictor import RemotePredictor
+
+    sammed3d, record = module
+    slicer_qt_standin.ScriptedLoadableModuleWidget.module_dir = ROOT / "SAMMed3D"
+    monkeypatch.setattr(sammed3d, "missing_packages", lambda backend: (False, []))
+    widget = sammed3d.SAMMed3DWidget()
+    widget.setup()
+    ui, logic = widget.ui, sammed3d.SAMMed3DLogic.shared()
+    remote_widgets = (ui.serverLabel, ui.serverLineEdit, ui.tokenLabel, ui.tokenLineEdit, ui.testConnectionButton,
+                      ui.connectionStatusLabel)
+    assert not any(w.visible for w in remote_widgets)
+    ui.modelComboBox.setCurrentIndex(ui.modelComboBox.findData(LOCAL_FILE))
+    ui.localPathLineEdit.currentPath = str(tiny_export)
+    ui.deviceComboBox.setCurrentIndex(ui.deviceComboBox.findData("cpu"))
+    ui.backendComboBox.setCurrentIndex(ui.backendComboBox.findData("remote"))
+    assert all(w.visible for w in remote_widgets) and not ui.testConnectionButton.enabled  # no URL yet
+    assert ui.localPathLineEdit.filters == slicer_qt_standin.PathLineEdit.Dirs  # the decoder's export folder
+    assert "enter the address of the encoder server" in ui.modelStatusLabel.text
+    ui.serverLineEdit.text = encoder_server
+    ui.tokenLineEdit.text = "s3cr3t-token"
+    assert logic.settings() == ModelSettings(model=LOCAL_FILE, local_path=str(tiny_export), backend="remote",
+                                             device="cpu", server=encoder_server)
+    assert logic.serverToken == "s3cr3t-token"
+    assert not any("s3cr3t" in str(value) for value in slicer_qt_standin.Settings.store.values())
+    ui.tokenLineEdit.text = ""  # this server asks for none
+    assert ui.testConnectionButton.enabled
+
+    ui.testConnectionButton.click()
+    assert ui.connectionStatusLabel.text == f"Connecting to {encoder_server}..."  # the click returned at once
+    assert not ui.testConnectionButton.enabled  # one test at a time
+    app.wait_idle()
+    report = ui.connectionStatusLabel.text
+    assert report.startswith("kserve ") and "encode round trip" in report and "same checkpoint" in report
+    assert ui.testConnectionButton.enabled and not record.messages
+
+    loaded = []
+    logic.loadPredictor(loaded.append)
+    app.wait_idle()
+    assert loaded[0].error is None and isinstance(logic.loadedPredictor(), RemotePredictor)
+    assert logic.statusText().startswith(f"remote server {encoder_server}")
+    logic.serverToken = "another"  # another token: loaded again
+    assert logic.loadedPredictor() is None
+
+    ui.serverLineEdit.text = "http://127.0.0.1:9"  # nothing listens there
+    ui.testConnectionButton.click()
+    app.wait_idle()
+    assert "cannot reach the server" in ui.connectionStatusLabel.text
+    assert "Check the server URL in the SAM-Med3D module" in ui.connectionStatusLabel.text and not record.messages
+    ui.backendComboBox.setCurrentIndex(ui.backendComboBox.findData("torch"))
+    assert not any(w.visible for w in remote_widgets)
+
+
+def test_the_token_field_hides_what_is_typed():
+    """The .ui file's token field is a password field (QLineEdit::Password), which the stand-in does not draw."""
+    import xml.etree.ElementTree as ElementTree
+
+    tree = ElementTree.parse(ROOT / "SAMMed3D" / "Resources" / "UI" / "SAMMed3D.ui")
+    token = next(w for w in tree.iter("widget") if w.get("name") == "tokenLineEdit")
+    echo = next(p for p in token.iter("property") if p.get("name") == "echoMode")
+    assert echo.find("enum").text == "QLineEdit::Password"
 
 
 class _NoTqdm(importlib.abc.MetaPathFinder):

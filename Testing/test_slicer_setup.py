@@ -59,6 +59,10 @@ def test_settings_round_trip_through_strings_and_fall_back_on_bad_values():
         (ModelSettings(model=LOCAL_FILE), "choose the model file"),
         (ModelSettings(backend="onnx"), "exported model folder"),
         (ModelSettings(model=LOCAL_FILE, local_path="/x", backend="onnx", device="mps"), "auto, cpu or cuda"),
+        (ModelSettings(model=LOCAL_FILE, local_path="/x", backend="remote"), "enter the address of the encoder server"),
+        (ModelSettings(backend="remote", server="http://gpu1:8000"), "choose 'local file' and the ONNX export folder"),
+        (ModelSettings(model=LOCAL_FILE, local_path="/x", backend="remote", server="http://gpu1:8000", device="mps"),
+         "auto, cpu or cuda"),
     ],
 )
 def test_wrong_choices_are_named(settings, message):
@@ -97,6 +101,54 @@ def test_an_older_torch_counts_as_missing(monkeypatch):
     monkeypatch.setattr(importlib.metadata, "version", lambda name: "2.5.0a0+git")
     assert not missing_packages("torch")[0]
     assert slicer_setup.TORCH_REQUIREMENT == ">=2.5"
+
+
+def test_the_server_is_stored_and_the_token_is_not_a_setting():
+    settings = ModelSettings(model=LOCAL_FILE, local_path="/exports/turbo", backend="remote",
+                             server="https://gpu1.example.org:8000", device="cpu")
+    stored = settings.to_strings()
+    assert stored[SETTINGS_KEYS["server"]] == "https://gpu1.example.org:8000"
+    assert ModelSettings.from_strings(stored) == settings.validated()
+    assert not any("token" in key.lower() for key in SETTINGS_KEYS.values())  # the module keeps it in memory
+
+
+def test_the_remote_backend_from_the_panels_settings(tiny_export, encoder_server, tmp_path):
+    """The panel's choices reach a real `sammed3d serve` on 127.0.0.1: the connection test names the server and the
+    round trip and confirms the decoder's checkpoint; the predictor encodes there, and the status line says so."""
+    from SAMMed3DLib.backends.onnx_export import export_checkpoint
+    from SAMMed3DLib.backends.remote_predictor import RemotePredictor
+    from SAMMed3DLib.errors import CheckpointMismatch, ServerUnreachable
+    from SAMMed3DLib.slicer.messages import user_message
+    from SAMMed3DLib.testing.random_weights import save_random_checkpoint
+
+    settings = ModelSettings(model=LOCAL_FILE, local_path=str(tiny_export), backend="remote",
+                             server=f" {encoder_server} ", device="cpu")  # spaces, as pasted
+    report = setup.connection_report(settings)
+    assert report.startswith("kserve ") and f"at {encoder_server}" in report and "encode round trip" in report
+    assert report.endswith("the local decoder belongs to the same checkpoint.")
+    unchecked = setup.connection_report(ModelSettings(backend="remote", server=encoder_server))
+    assert "Choose the decoder's export folder" in unchecked
+
+    predictor = create_predictor(settings, model_file(settings))
+    assert isinstance(predictor, RemotePredictor) and predictor.url == encoder_server
+    image = np.random.default_rng(0).standard_normal((1, 1, 128, 128, 128)).astype(np.float32)
+    points, labels = np.array([[[64, 64, 64]]], np.float32), np.array([[1]], np.int64)
+    logits, _ = predictor.decode(predictor.encode(image), points, labels, np.zeros((1, 1, 32, 32, 32), np.float32))
+    assert logits.shape == (1, 1, 32, 32, 32) and np.isfinite(logits).all()
+    line = status_text(predictor, {"encode": predictor.last_round_trip_s, "decode": 0.01})
+    assert line.startswith(f"remote server {encoder_server} (kserve") and "decoder ONNX Runtime on cpu" in line
+    assert line.endswith(f"| encoded on the server, round trip {predictor.last_round_trip_s:.2f} s")
+    assert "round trip" not in status_text(predictor, {"encode": 0.0, "decode": 0.01})  # a cached region
+
+    other = tmp_path / "other"
+    export_checkpoint(save_random_checkpoint(tmp_path / "other.pth", "tiny", seed=6), other)
+    with pytest.raises(CheckpointMismatch) as mismatch:
+        setup.connection_report(ModelSettings(model=LOCAL_FILE, local_path=str(other), backend="remote",
+                                              server=encoder_server))
+    assert "Choose the decoder exported from the checkpoint the server uses" in user_message(mismatch.value)
+    with pytest.raises(ServerUnreachable) as unreachable:
+        setup.connection_report(ModelSettings(backend="remote", server="http://127.0.0.1:9"))
+    assert "Check the server URL in the SAM-Med3D module" in user_message(unreachable.value)
 
 
 def test_status_line_names_the_predictor_and_timings():

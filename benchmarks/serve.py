@@ -117,7 +117,7 @@ def main() -> int:
                 print(f"{count:>8}{p50 * 1000:>10.0f}{percentile(latencies, 95) * 1000:>10.0f}{throughput:>11.2f}"
                       f"{p50 / local_median:>12.2f}x")
         finally:
-            server.stop()
+            server.terminate()
     return 0
 
 

@@ -49,18 +49,21 @@ SETTINGS_KEYS = {
     "local_path": "SAMMed3D/LocalPath",
     "backend": "SAMMed3D/Backend",
     "device": "SAMMed3D/Device",
+    "server": "SAMMed3D/Server",  # the server's token is never stored: the module keeps it for the session
 }
 
 
 @dataclass(frozen=True)
 class ModelSettings:
     """The model panel's choices: a registry name or `LOCAL_FILE` (then `local_path`: a checkpoint file for
-    PyTorch, an exported model folder for ONNX Runtime), the backend and the device."""
+    PyTorch, an exported model folder for ONNX Runtime and for the remote server's decoder), the backend, the device
+    (for the remote server: where the decoder runs) and the remote server's URL."""
 
     model: str = "turbo"
     local_path: str = ""
     backend: str = "torch"
     device: str = "auto"
+    server: str = ""
 
     def validated(self) -> ModelSettings:
         """Self, or a SAMMed3DError that says which choice is wrong and what to pick."""
@@ -73,13 +76,21 @@ class ModelSettings:
                 raise SAMMed3DError("choose the model file (or, for ONNX Runtime, the exported model folder)")
         elif weights.find(self.model) is None:
             raise UnknownChoice("model", self.model, [e.name for e in weights.REGISTRY] + [LOCAL_FILE])
-        if self.backend == "onnx" and self.device == "mps":
+        if self.backend in ("onnx", "remote") and self.device == "mps":
             raise SAMMed3DError("ONNX Runtime runs on auto, cpu or cuda here; choose one of those, or PyTorch for mps")
         if self.backend == "onnx" and self.model != LOCAL_FILE:
             raise SAMMed3DError(
                 "ONNX Runtime runs an exported model folder: choose 'local file' and an ONNX export folder, or choose "
                 "the PyTorch backend"
             )
+        if self.backend == "remote":
+            if not self.server.strip():
+                raise SAMMed3DError("enter the address of the encoder server, like https://HOST:8000")
+            if self.model != LOCAL_FILE:
+                raise SAMMed3DError(
+                    "the remote server encodes and this computer decodes, with the decoder of the server's checkpoint: "
+                    "choose 'local file' and the ONNX export folder of that checkpoint"
+                )
         return self
 
     def to_strings(self) -> Dict[str, str]:
@@ -95,6 +106,7 @@ class ModelSettings:
             "local_path": lambda v: True,
             "backend": lambda v: v in BACKENDS,
             "device": lambda v: v in DEVICES,
+            "server": lambda v: True,
         }
         chosen = {}
         for field, key in SETTINGS_KEYS.items():
@@ -170,14 +182,39 @@ def model_file(settings: ModelSettings) -> Optional[Path]:
         if settings.backend == "onnx" and not path.is_dir():
             raise SAMMed3DError(f"{path} is a file, and ONNX Runtime reads an exported model folder: choose the "
                                 "folder that holds encoder.onnx and decoder.onnx, or choose PyTorch for a checkpoint")
+        if settings.backend == "remote" and not path.is_dir():
+            raise SAMMed3DError(f"{path} is a file; the remote server's decoder is read from an exported model "
+                                "folder: choose the folder that holds decoder.onnx")
         return path
     return weights.cached(settings.model)
 
 
-def create_predictor(settings: ModelSettings, path: Path) -> Predictor:
-    """The predictor for the settings and a model file."""
+def create_predictor(settings: ModelSettings, path: Path, token: Optional[str] = None) -> Predictor:
+    """The predictor for the settings and a model file; `token`: the remote server's, if it asks for one."""
     settings.validated()
+    if settings.backend == "remote":
+        return load_predictor("remote", path, settings.device, server=settings.server.strip(), token=token or None)
     return load_predictor(settings.backend, path, settings.device)
+
+
+def connection_report(settings: ModelSettings, token: Optional[str] = None) -> str:
+    """The model panel's connection test (slow: run it off the main thread): what the server says of itself and the
+    round trip of one encode (`check_connection`), and, where the decoder folder is chosen, that the server encodes
+    with its checkpoint. A SAMMed3DError (a `ServerError` for the server's problems) says what is wrong."""
+    from SAMMed3DLib.backends.onnx_predictor import CHECKPOINT_SHA256_KEY, OnnxDecoder
+    from SAMMed3DLib.backends.remote_predictor import check_connection
+    from SAMMed3DLib.errors import CheckpointMismatch
+
+    if not settings.server.strip():
+        raise SAMMed3DError("enter the address of the encoder server, like https://HOST:8000")
+    info = check_connection(settings.server.strip(), token or None)
+    if settings.model != LOCAL_FILE or not settings.local_path:
+        return f"{info.describe()}. Choose the decoder's export folder to check that it belongs to this checkpoint."
+    decoder = OnnxDecoder(model_file(settings), providers="cpu")
+    local = decoder.metadata.get(CHECKPOINT_SHA256_KEY)
+    if info.checkpoint_sha256 is None or local is None or info.checkpoint_sha256 != local.lower():
+        raise CheckpointMismatch(info.url, info.checkpoint_sha256, local, str(model_file(settings)))
+    return f"{info.describe()}; the local decoder belongs to the same checkpoint."
 
 
 def status_text(predictor: Predictor, timings: Optional[Mapping[str, float]] = None) -> str:
@@ -190,6 +227,9 @@ def status_text(predictor: Predictor, timings: Optional[Mapping[str, float]] = N
         total = timings.get("total", sum(stages.values()))
         parts = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in stages.items())
         text += f" | last click {total:.2f} s ({parts})"
+        round_trip = getattr(predictor, "last_round_trip_s", None)
+        if round_trip is not None and timings.get("encode", 0.0) > 0:
+            text += f" | encoded on the server, round trip {round_trip:.2f} s"
     return text
 
 

@@ -63,7 +63,7 @@ class ServeProcess:
             self._process.kill()
             self._process.wait()
 
-    def stop(self) -> int:
+    def terminate(self) -> int:
         """SIGTERM, as a service manager stops it; returns the exit code."""
         if self._process is None:
             return 0
@@ -79,4 +79,4 @@ class ServeProcess:
         return self.start() if self._process is None else self
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self.terminate()
