@@ -669,3 +669,24 @@ def test_markers_contrast_with_any_segment_and_show_in_slice_views_only(scene):
     assert max(outline.GetSelectedColor()) < 0.1 and outline.GetGlyphScale() > include.GetGlyphScale()
     scene.app.deactivate_effect()
     assert not [n for n in slicer.util.getNodesByClass("vtkMRMLMarkupsFiducialNode") if "SAM-Med3D" in n.GetName()]
+
+
+def test_a_click_through_the_remote_server_says_where_it_was_encoded(scene, tiny_export, encoder_server):
+    """The effect runs the remote backend through the predictor protocol like any other: the click is applied, the
+    worker keeps the main thread free meanwhile, and the status line says the region was encoded on the server."""
+    from SAMMed3DLib.backends.onnx_predictor import OnnxPredictor
+    from SAMMed3DLib.backends.remote_predictor import RemotePredictor
+
+    remote = RemotePredictor(encoder_server, tiny_export, device="cpu")
+    scene.effect = scene.app.activate_effect(remote)
+    assert scene.click(IN_THE_L, wait=False) is True
+    scene.app.wait_idle()
+    assert points(scene.markups())[0][1] is True and not scene.app.record.messages
+    status = scene.effect.statusLabel.text
+    assert status.startswith(f"remote server {encoder_server}") and "| encoded on the server, round trip " in status
+    through_server = scene.segment()
+    assert through_server.any()
+    scene.app.key("BackSpace")
+    scene.effect = scene.app.activate_effect(OnnxPredictor(tiny_export, providers="cpu"))
+    scene.click(IN_THE_L)
+    np.testing.assert_array_equal(scene.segment(), through_server)  # the same mask as encoding here
