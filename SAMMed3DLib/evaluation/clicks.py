@@ -105,13 +105,21 @@ def next_click(
     return random_click(truth, prediction, rng)
 
 
-def random_click(truth: np.ndarray, prediction: Optional[np.ndarray], rng: Random) -> Optional[SimulatedClick]:
-    """The "random" rule (module docstring)."""
+def _boxed_errors(truth: np.ndarray, prediction: Optional[np.ndarray]):
+    """(box around truth and prediction, false negatives, false positives within it), or None if both are empty."""
     truth, prediction = _masks(truth, prediction)
     box = nonzero_box(truth | prediction)
     if is_empty(box):
         return None
-    false_negative, false_positive = _errors(truth[box], prediction[box])
+    return (box, *_errors(truth[box], prediction[box]))
+
+
+def random_click(truth: np.ndarray, prediction: Optional[np.ndarray], rng: Random) -> Optional[SimulatedClick]:
+    """The "random" rule (module docstring)."""
+    errors = _boxed_errors(truth, prediction)
+    if errors is None:
+        return None
+    box, false_negative, false_positive = errors
     error = false_negative | false_positive
     if not error.any():
         return None
@@ -121,11 +129,10 @@ def random_click(truth: np.ndarray, prediction: Optional[np.ndarray], rng: Rando
 
 def ritm_click(truth: np.ndarray, prediction: Optional[np.ndarray], rng: Random) -> Optional[SimulatedClick]:
     """The "ritm" rule (module docstring)."""
-    truth, prediction = _masks(truth, prediction)
-    box = nonzero_box(truth | prediction)
-    if is_empty(box):
+    errors = _boxed_errors(truth, prediction)
+    if errors is None:
         return None
-    false_negative, false_positive = _errors(truth[box], prediction[box])
+    box, false_negative, false_positive = errors
     (fn_box, fn_depth), (fp_box, fp_depth) = boxed_depth(false_negative), boxed_depth(false_positive)
     if fn_box is None and fp_box is None:
         return None
