@@ -54,8 +54,11 @@ def read_csv(path: Path) -> list[dict]:
 
 
 def test_random_weight_checkpoint_on_real_cases_is_deterministic_and_resumable(
-    real_dataset, tiny_checkpoint, tmp_path, capsys
+    real_dataset, tiny_checkpoint, tmp_path, capsys, monkeypatch
 ):
+    from SAMMed3DLib.commands import evaluate as evaluate_command
+
+    monkeypatch.setattr(evaluate_command, "PROGRESS_DELAY_S", 0)  # the bar also for a run this quick
     output = tmp_path / "out"
     args = ["evaluate", "--images", str(real_dataset / "imagesTr"), "--labels", str(real_dataset / "labelsTr"),
             "--checkpoint", str(tiny_checkpoint), "--output", str(output), "--clicks", "3", "--device", "cpu"]

@@ -55,6 +55,7 @@ from SAMMed3DLib.files import check_writable, same_file
 
 HELP = "Dice and NSD against the number of clicks on a labelled dataset (the paper's or the CVPR 2025 protocol)"
 CVPR25_CLICKS = 5  # the challenge's click steps
+PROGRESS_DELAY_S = 0.5  # the progress bars show only for a run that takes longer
 
 
 def _label_list(text: str) -> List[int]:
@@ -103,14 +104,15 @@ def run(args: argparse.Namespace) -> int:
         if context.is_main:  # folder and label-map problems show before a checkpoint is downloaded or loaded
             _check_folders(args)
             todo = cases_to_do(pair_cases(args.images, args.labels), args.output)
-            with tqdm(total=len(todo), unit="case", desc="check labels", file=sys.stderr, delay=0.5,
+            with tqdm(total=len(todo), unit="case", desc="check labels", file=sys.stderr, delay=PROGRESS_DELAY_S,
                       leave=False) as bar:
                 checked = check_cases(todo, settings, on_case=lambda case, done, total: bar.update(done - bar.n))
         model = distributed.main_first(context, lambda: _common.resolve_model(args, progress=context.is_main))
         predictor = _common.build_predictor(args, model)
         if context.is_main:
             checkpoint = provenance.checkpoint(model, args.checkpoint, predictor)
-        with tqdm(unit="click", desc="evaluate", file=sys.stderr, delay=0.5, disable=not context.is_main) as bar:
+        with tqdm(unit="click", desc="evaluate", file=sys.stderr, delay=PROGRESS_DELAY_S,
+                  disable=not context.is_main) as bar:
 
             def on_click(case, done: int, total: int) -> None:
                 bar.total = total
