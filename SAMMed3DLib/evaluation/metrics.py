@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence, Tuple
 
@@ -85,7 +86,8 @@ def nsd(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float], tol
     # The corner grids are padded by the offsets' reach, so that every offset of a cell stays inside the array and is
     # one flat step; the distance transform needs no padding.
     reach = (0, 0, 0) if len(offsets) > _MAX_OFFSETS else tuple(int(r) for r in np.abs(offsets).max(axis=0))
-    with ThreadPoolExecutor(_THREADS) as pool:
+    threads = int(os.environ.get("OMP_NUM_THREADS", "0")) or os.cpu_count() or 1  # torchrun sets 1 per process
+    with ThreadPoolExecutor(threads) as pool:  # numpy releases the GIL in the slabs' array operations
         (surface_p, codes_p), (surface_t, codes_t) = (_surface(mask[box], reach, pool) for mask in (prediction, truth))
     area_p, area_t = areas[codes_p], areas[codes_t]
     if len(offsets) > _MAX_OFFSETS:
@@ -103,7 +105,6 @@ def nsd(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float], tol
 
 
 _MAX_OFFSETS = 125  # above this many neighbour offsets, one distance transform is cheaper than the lookups
-_THREADS = 2  # numpy releases the GIL in the slabs' array operations, so two threads use two cores
 _SLAB = 8  # corner planes per slab: its temporaries stay in cache and are reused instead of paged in
 _POINTS = 4096  # surface cells per chunk of lookups
 
