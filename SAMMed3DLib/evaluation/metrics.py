@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence, Tuple
 
 import numpy as np
@@ -62,16 +64,6 @@ def surfel_areas(spacing: Tuple[float, float, float]) -> np.ndarray:
     return areas
 
 
-def _neighbour_codes(mask: np.ndarray) -> np.ndarray:
-    """Neighbour code of every voxel corner (array one larger than `mask` on each axis): which of the 8 voxels
-    around the corner are inside; outside the array counts as background."""
-    codes = np.pad(mask.astype(np.uint8), 1)
-    # One axis at a time (the lower corner's bits above the upper's): corner (i, j, k) ends at _CORNER_BITS' bit.
-    codes = (codes[:, :, :-1] << 1) | codes[:, :, 1:]
-    codes = (codes[:, :-1] << 2) | codes[:, 1:]
-    return (codes[:-1] << 4) | codes[1:]
-
-
 def nsd(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float], tolerance_mm: float = 1.0) -> float:
     """Normalised surface distance (surface Dice) at `tolerance_mm`, as the reference's evaluation computes it.
 
@@ -90,51 +82,92 @@ def nsd(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float], tol
     spacing = tuple(float(s) for s in spacing)
     box = nonzero_box(prediction | truth)
     areas = surfel_areas(spacing)
-    codes_p, codes_t = _neighbour_codes(prediction[box]), _neighbour_codes(truth[box])
-    surface_p, surface_t = (codes_p != 0) & (codes_p != 255), (codes_t != 0) & (codes_t != 255)
-    area_p, area_t = areas[codes_p[surface_p]], areas[codes_t[surface_t]]
-    close_p = _within(surface_p, surface_t, spacing, tolerance_mm)
-    close_t = _within(surface_t, surface_p, spacing, tolerance_mm)
+    offsets = _offsets(spacing, tolerance_mm)
+    # The corner grids are padded by the offsets' reach, so that every offset of a cell stays inside the array and is
+    # one flat step; the distance transform needs no padding.
+    reach = (0, 0, 0) if len(offsets) > _MAX_OFFSETS else tuple(int(r) for r in np.abs(offsets).max(axis=0))
+    threads = int(os.environ.get("OMP_NUM_THREADS", "0")) or os.cpu_count() or 1  # torchrun sets 1 per process
+    with ThreadPoolExecutor(threads) as pool:  # numpy releases the GIL in the slabs' array operations
+        (surface_p, codes_p), (surface_t, codes_t) = (_surface(mask[box], reach, pool) for mask in (prediction, truth))
+    area_p, area_t = areas[codes_p], areas[codes_t]
+    if len(offsets) > _MAX_OFFSETS:
+        from scipy.ndimage import distance_transform_edt
+
+        close_p = distance_transform_edt(~surface_t, sampling=spacing)[surface_p] <= tolerance_mm
+        close_t = distance_transform_edt(~surface_p, sampling=spacing)[surface_t] <= tolerance_mm
+    else:
+        steps = offsets @ np.cumprod((1,) + surface_p.shape[:0:-1])[::-1]
+        if len(codes_t) <= len(codes_p):
+            close_t, close_p = _within(surface_t, surface_p, steps)
+        else:
+            close_p, close_t = _within(surface_p, surface_t, steps)
     return float((area_p[close_p].sum() + area_t[close_t].sum()) / (area_p.sum() + area_t.sum()))
 
 
 _MAX_OFFSETS = 125  # above this many neighbour offsets, one distance transform is cheaper than the lookups
+_SLAB = 8  # corner planes per slab: its temporaries stay in cache and are reused instead of paged in
+_POINTS = 4096  # surface cells per chunk of lookups
 
 
-def _within(source: np.ndarray, target: np.ndarray, spacing: Tuple[float, ...], tolerance_mm: float) -> np.ndarray:
-    """For each True cell of `source` (in np.nonzero order): is a True cell of `target` within `tolerance_mm`?
-
-    Small tolerances (1 mm on a typical grid: a handful of neighbour offsets) look the offsets up directly, which
-    is much faster than a distance transform of the whole box; both give the same answer.
-    """
+def _offsets(spacing: Tuple[float, ...], tolerance_mm: float) -> np.ndarray:
+    """The integer corner offsets within `tolerance_mm` (in mm, on this grid), nearest first."""
     reach = [int(np.floor(tolerance_mm / s)) for s in spacing]
     grids = np.meshgrid(*[np.arange(-r, r + 1) for r in reach], indexing="ij")
     offsets = np.stack([g.ravel() for g in grids], axis=1)
-    offsets = offsets[((offsets * np.asarray(spacing)) ** 2).sum(axis=1) <= tolerance_mm**2]
-    if len(offsets) > _MAX_OFFSETS:
-        from scipy.ndimage import distance_transform_edt
+    lengths = ((offsets * np.asarray(spacing)) ** 2).sum(axis=1)
+    offsets, lengths = offsets[lengths <= tolerance_mm**2], lengths[lengths <= tolerance_mm**2]
+    return offsets[np.argsort(lengths, kind="stable")]
 
-        return distance_transform_edt(~target, sampling=spacing)[source] <= tolerance_mm
-    # Flat indices in the source and target padded by the reach, so that every offset of a cell stays inside; each
-    # offset is then one flat step. The smaller side moves: with fewer target cells their neighbourhoods are marked
-    # and the source cells looked up once, else each offset is looked up at the source cells not found yet.
-    pad = [(r, r) for r in reach]
-    steps = np.cumprod((1,) + tuple(n + 2 * r for n, r in zip(target.shape[:0:-1], reach[:0:-1])))[::-1]
-    offsets = offsets[np.argsort(((offsets * np.asarray(spacing)) ** 2).sum(axis=1), kind="stable")]  # nearest first
-    points = np.flatnonzero(np.pad(source, pad))  # np.nonzero order
-    padded = np.pad(target, pad)
-    targets = np.flatnonzero(padded)
-    if len(targets) < len(points):
-        near = np.zeros(padded.size, dtype=bool)
-        for step in offsets @ steps:
-            near[targets + step] = True
-        return near[points]
-    padded = padded.ravel()
-    found = np.zeros(len(points), dtype=bool)
-    waiting = np.arange(len(points))  # cells still looked for, dropped once a good share of them was found
-    for step in offsets @ steps:
-        hit = padded[points + step]
-        found[waiting[hit]] = True
-        if 4 * np.count_nonzero(hit) > len(hit):
-            points, waiting = points[~hit], waiting[~hit]
-    return found
+
+def _surface(mask: np.ndarray, pad: Tuple[int, ...], pool: ThreadPoolExecutor) -> Tuple[np.ndarray, np.ndarray]:
+    """The surface of `mask` on its voxel-corner grid (one larger than `mask` on each axis, outside the array is
+    background) padded by `pad` on each side: a bool array of the surface corners (whose 8 voxels are neither all
+    inside nor all outside) and their neighbour codes in C order.
+
+    Only the corners around the mask's own box can be on its surface (the other mask may span a far larger box); they
+    are computed a slab of corner planes (axis 0) at a time, on the pool's threads."""
+    shape = tuple(n + 1 + 2 * p for n, p in zip(mask.shape, pad))
+    surface = np.zeros(shape, bool)
+    box = nonzero_box(mask)
+    rows, columns = box[1:], tuple(slice(b.start + p, b.stop + 1 + p) for b, p in zip(box[1:], pad[1:]))
+
+    def slab(first: int) -> np.ndarray:
+        """Corner planes first..first+_SLAB of the padded grid; plane c sees voxel planes c - pad - 1 and c - pad."""
+        last = min(first + _SLAB, box[0].stop + 1 + pad[0])
+        voxels = np.zeros((last - first + 1, *(s.stop - s.start + 2 for s in rows)), np.uint8)
+        low, high = max(first - pad[0] - 1, 0), min(last - pad[0], mask.shape[0])
+        voxels[low - (first - pad[0] - 1):high - (first - pad[0] - 1), 1:-1, 1:-1] = mask[(slice(low, high), *rows)]
+        # One axis at a time (the lower corner's bits above the upper's): corner (i, j, k) ends at _CORNER_BITS' bit.
+        codes = voxels[:, :, :-1] << 1
+        codes |= voxels[:, :, 1:]
+        codes, lower = codes[:, :-1] << 2, codes
+        codes |= lower[:, 1:]
+        codes, lower = codes[:-1] << 4, codes
+        codes |= lower[1:]
+        found = surface[(slice(first, last), *columns)]
+        codes -= 1  # 0 and 255 (no surface) become the two largest values
+        np.less(codes, 254, out=found)
+        return codes[found] + 1
+
+    slabs = range(box[0].start + pad[0], box[0].stop + 1 + pad[0], _SLAB)
+    return surface, np.concatenate(list(pool.map(slab, slabs)))
+
+
+def _within(small: np.ndarray, large: np.ndarray, steps: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """For each True cell of `small`, then of `large` (padded grids, np.nonzero order): is a True cell of the other
+    one of the flat `steps` away? `small` is overwritten.
+
+    Small tolerances (a handful of neighbour offsets) look the offsets up directly, which is much faster than a
+    distance transform of the whole box; both give the same answer. Only the cells of the smaller surface move: each
+    looks up its neighbours in `large` and marks them for `large`'s cells, a chunk of cells with all offsets at once
+    so that the memory they touch stays in cache. The marks go to `small`'s array, whose cells are listed by then:
+    it is already paged in, a new array would not be."""
+    points = np.flatnonzero(small)
+    near, large = small.ravel(), large.ravel()
+    near[points] = False
+    found = np.empty(len(points), dtype=bool)
+    for start in range(0, len(points), _POINTS):
+        around = points[start:start + _POINTS, None] + steps
+        found[start:start + _POINTS] = large[around].any(axis=1)
+        near[around.ravel()] = True
+    return found, near[large]
