@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from SAMMed3DLib.backends import cpu_threads, torch_predictor
-from SAMMed3DLib.backends.cpu_threads import busy_elsewhere, threads_to_use
+from SAMMed3DLib.backends.cpu_threads import busy_elsewhere, process_threads, threads_to_use, usable_cores
 from SAMMed3DLib.testing.random_weights import random_model
 
 
@@ -39,6 +39,16 @@ def test_threads_leave_the_busy_cores_to_the_others(maximum, cores, busy, thread
 
 @pytest.mark.skipif(not cpu_threads.PROC_STAT.exists() or cpu_threads.usable_cores() != __import__("os").cpu_count(),
                     reason="the busy count comes from Linux's /proc/stat, for the whole machine")
+@pytest.mark.parametrize(("given", "expected"), [("1", 1), ("3", 3), (None, "cores"), ("", "cores"), ("zero", "cores"),
+                                                 ("0", "cores")])
+def test_libraries_take_omp_num_threads_as_torchrun_sets_it_else_every_core(monkeypatch, given, expected):
+    if given is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", given)
+    assert process_threads() == (usable_cores() if expected == "cores" else expected)
+
+
 def test_a_busy_process_is_counted_and_our_own_threads_are_not():
     spinning, stop = [], threading.Event()
 

@@ -59,6 +59,13 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def process_threads() -> int:
+    """Threads a CPU library of this process takes (edt, the NSD's slabs): OMP_NUM_THREADS where it is set (torchrun
+    sets 1 for each of its processes), else every usable core."""
+    given = os.environ.get("OMP_NUM_THREADS", "")
+    return int(given) if given.isdigit() and int(given) > 0 else usable_cores()
+
+
 def busy_elsewhere(samples: int = SAMPLES, interval: float = SAMPLE_INTERVAL) -> Optional[float]:
     """Mean number of runnable threads of other processes, or None where it cannot be known here."""
     if not PROC_STAT.exists() or usable_cores() != os.cpu_count():

@@ -30,13 +30,13 @@ without them SciPy computes the same values.
 from __future__ import annotations
 
 import itertools
-import os
 from dataclasses import dataclass
 from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 from scipy import ndimage
 
+from SAMMed3DLib.backends.cpu_threads import process_threads
 from SAMMed3DLib.interactive.boxed_array import is_empty, nonzero_box
 from SAMMed3DLib.interactive.geometry import Region
 
@@ -201,8 +201,7 @@ def _squared_voxel_depth(mask: np.ndarray, edge_is_outside: bool) -> np.ndarray:
         if edge_is_outside:
             distance = distance[1:-1, 1:-1, 1:-1]
         return np.rint(np.square(distance, out=distance), out=distance)
-    threads = int(os.environ.get("OMP_NUM_THREADS", "0")) or os.cpu_count() or 1  # torchrun sets 1 per process
-    return edt.edtsq(np.ascontiguousarray(mask, np.uint8), black_border=edge_is_outside, parallel=threads)
+    return edt.edtsq(np.ascontiguousarray(mask, np.uint8), black_border=edge_is_outside, parallel=process_threads())
 
 
 def _deepest(component: np.ndarray) -> np.ndarray:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import functools
 import itertools
-import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence, Tuple
 
 import numpy as np
 
+from SAMMed3DLib.backends.cpu_threads import process_threads
 from SAMMed3DLib.interactive.boxed_array import nonzero_box
 
 
@@ -86,8 +86,7 @@ def nsd(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float], tol
     # The corner grids are padded by the offsets' reach, so that every offset of a cell stays inside the array and is
     # one flat step; the distance transform needs no padding.
     reach = (0, 0, 0) if len(offsets) > _MAX_OFFSETS else tuple(int(r) for r in np.abs(offsets).max(axis=0))
-    threads = int(os.environ.get("OMP_NUM_THREADS", "0")) or os.cpu_count() or 1  # torchrun sets 1 per process
-    with ThreadPoolExecutor(threads) as pool:  # numpy releases the GIL in the slabs' array operations
+    with ThreadPoolExecutor(process_threads()) as pool:  # numpy releases the GIL in the slabs' array operations
         (surface_p, codes_p), (surface_t, codes_t) = (_surface(mask[box], reach, pool) for mask in (prediction, truth))
     area_p, area_t = areas[codes_p], areas[codes_t]
     if len(offsets) > _MAX_OFFSETS:
