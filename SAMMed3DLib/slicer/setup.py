@@ -84,14 +84,20 @@ class ModelSettings:
                 "the PyTorch backend"
             )
         if self.backend == "remote":
-            if not self.server.strip():
-                raise SAMMed3DError("enter the address of the encoder server, like https://HOST:8000")
+            self.server_url()
             if self.model != LOCAL_FILE:
                 raise SAMMed3DError(
                     "the remote server encodes and this computer decodes, with the decoder of the server's checkpoint: "
                     "choose 'local file' and the ONNX export folder of that checkpoint"
                 )
         return self
+
+    def server_url(self) -> str:
+        """The server's address without the spaces a paste brings; a SAMMed3DError if none was entered."""
+        url = self.server.strip()
+        if not url:
+            raise SAMMed3DError("enter the address of the encoder server, like https://HOST:8000")
+        return url
 
     def to_strings(self) -> Dict[str, str]:
         return {key: str(getattr(self, field)) for field, key in SETTINGS_KEYS.items()}
@@ -193,7 +199,7 @@ def create_predictor(settings: ModelSettings, path: Path, token: Optional[str] =
     """The predictor for the settings and a model file; `token`: the remote server's, if it asks for one."""
     settings.validated()
     if settings.backend == "remote":
-        return load_predictor("remote", path, settings.device, server=settings.server.strip(), token=token or None)
+        return load_predictor("remote", path, settings.device, server=settings.server_url(), token=token or None)
     return load_predictor(settings.backend, path, settings.device)
 
 
@@ -205,9 +211,7 @@ def connection_report(settings: ModelSettings, token: Optional[str] = None) -> s
     from SAMMed3DLib.backends.remote_predictor import check_connection
     from SAMMed3DLib.errors import CheckpointMismatch
 
-    if not settings.server.strip():
-        raise SAMMed3DError("enter the address of the encoder server, like https://HOST:8000")
-    info = check_connection(settings.server.strip(), token or None)
+    info = check_connection(settings.server_url(), token or None)
     if settings.model != LOCAL_FILE or not settings.local_path:
         return f"{info.describe()}. Choose the decoder's export folder to check that it belongs to this checkpoint."
     decoder = OnnxDecoder(model_file(settings), providers="cpu")
