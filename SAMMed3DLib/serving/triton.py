@@ -17,14 +17,13 @@ checkpoint's SHA256 in their parameters, where clients read it (GET /v2/models/N
 from __future__ import annotations
 
 import importlib.util
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Union
 
 from SAMMed3DLib.backends.onnx_predictor import CHECKPOINT_NAME_KEY, CHECKPOINT_SHA256_KEY, ENCODER_FILE
 from SAMMed3DLib.errors import MissingPackages, SAMMed3DError
+from SAMMed3DLib.files import temporary_folder
 from SAMMed3DLib.serving.encoder import MAX_BATCH
 from SAMMed3DLib.serving.protocol import (
     CHECKPOINT_NAME_PARAMETER,
@@ -80,8 +79,7 @@ def export_repository(checkpoint: Union[str, Path], output: Union[str, Path], ma
         raise SAMMed3DError(f"a batch size and an instance count of at least 1 are needed, not {max_batch} and "
                             f"{instances}")
     output = prepare_output_folder(output)
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=output))
-    try:
+    with temporary_folder(output / ENCODER_MODEL) as staging:
         export_checkpoint(checkpoint, staging / "onnx")  # checked against torch, at batch 2 too
         _write_models(staging, staging / "onnx" / ENCODER_FILE, max_batch, instances)
         check_repository(staging)
@@ -89,8 +87,6 @@ def export_repository(checkpoint: Union[str, Path], output: Union[str, Path], ma
             if (output / name).exists():
                 (output / name).rename(staging / f"old-{name}")
             (staging / name).rename(output / name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return [output / name for name in MODELS]
 
 
@@ -134,7 +130,7 @@ def _write_models(repository: Path, encoder_onnx: Path, max_batch: int, instance
     for name, config in configs.items():
         (repository / name / "1").mkdir(parents=True)
         (repository / name / CONFIG_FILE).write_text(text_format.MessageToString(config), encoding="utf-8")
-    shutil.copyfile(encoder_onnx, repository / ENCODER_MODEL / "1" / MODEL_FILE)
+    encoder_onnx.replace(repository / ENCODER_MODEL / "1" / MODEL_FILE)  # the staged export: moved, not copied
     onnx.save(_cast_model(), str(repository / CAST_MODEL / "1" / MODEL_FILE))
 
 
