@@ -62,6 +62,15 @@ def read_token(path: Optional[Path]) -> Optional[str]:
     return token
 
 
+def check_output_folder(path: Path) -> None:
+    """`--output` as a folder to write into: not a file, and writable; before a checkpoint is downloaded or loaded."""
+    from SAMMed3DLib.files import check_writable
+
+    if path.exists() and not path.is_dir():
+        raise SAMMed3DError(f"--output {path} is a file; give a folder")
+    check_writable(path, folder=True)
+
+
 def resolve_model(args: argparse.Namespace, progress: bool = True) -> Path:
     """The checkpoint file `--checkpoint` names (downloaded first, with a progress bar if `progress`, if it is a
     published name not cached yet), or with `--backend onnx` the export folder as given."""

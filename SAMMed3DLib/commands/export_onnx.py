@@ -32,15 +32,12 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from SAMMed3DLib import weights
-    from SAMMed3DLib.errors import MissingPackages, SAMMed3DError
-    from SAMMed3DLib.files import check_writable
+    from SAMMed3DLib.commands._common import check_output_folder, download_progress
+    from SAMMed3DLib.errors import MissingPackages
 
     MissingPackages.require("exporting to ONNX", "torch,onnx", "torch", "safetensors", "onnx", "onnxruntime")
-    if args.output.exists() and not args.output.is_dir():
-        raise SAMMed3DError(f"--output {args.output} is a file; give a folder")
-    check_writable(args.output, folder=True)
+    check_output_folder(args.output)
     from SAMMed3DLib.backends.onnx_export import STAGES, export_checkpoint
-    from SAMMed3DLib.commands._common import download_progress
 
     checkpoint = weights.resolve(args.checkpoint, download_progress())
     with tqdm(total=len(STAGES), unit="stage", desc="export-onnx", file=sys.stderr, leave=False) as bar:

@@ -40,13 +40,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from SAMMed3DLib import weights
-    from SAMMed3DLib.commands._common import download_progress
-    from SAMMed3DLib.errors import SAMMed3DError
+    from SAMMed3DLib.commands._common import check_output_folder, download_progress
     from SAMMed3DLib.serving.triton import export_repository, require_packages
 
     require_packages()
-    if args.output.exists() and not args.output.is_dir():
-        raise SAMMed3DError(f"--output {args.output} is a file; give a folder")
+    check_output_folder(args.output)
     checkpoint = weights.resolve(args.checkpoint, download_progress())
     folders = export_repository(checkpoint, args.output, args.max_batch, args.instances)
     print(f"wrote {', '.join(folder.name for folder in folders)} into {args.output}; serve them with "

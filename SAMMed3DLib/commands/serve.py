@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from SAMMed3DLib.backends.predictor import BACKENDS, DEVICES
-from SAMMed3DLib.commands._common import add_checkpoint_argument, add_token_argument, download_progress, read_token
+from SAMMed3DLib.commands._common import add_checkpoint_argument, add_token_argument, read_token, resolve_model
 from SAMMed3DLib.serving.encoder import SERVED_BACKENDS
 from SAMMed3DLib.serving.protocol import is_loopback
 
@@ -46,7 +46,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from SAMMed3DLib import weights
     from SAMMed3DLib.errors import MissingPackages, SAMMed3DError
 
     MissingPackages.require("serving the encoder", "serve", "kserve")
@@ -64,8 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from SAMMed3DLib.serving.encoder import open_service
 
     sock = kserve_server.listen(args.host, args.port)  # before loading: a taken port is reported at once
-    checkpoint = Path(args.checkpoint) if args.backend == "onnx" else weights.resolve(args.checkpoint,
-                                                                                        download_progress())
+    checkpoint = resolve_model(args)
     service = open_service(args.backend, checkpoint, args.device)
     host, port = sock.getsockname()[:2]
     scheme = "https" if args.tls_cert else "http"
