@@ -27,9 +27,11 @@ def checkpoint(path: Optional[Path], given: Optional[str] = None, predictor: Any
         exported = getattr(predictor, "metadata", {})
         return {"given": given, "file": exported.get(CHECKPOINT_NAME_KEY), "path": str(path.resolve()),
                 "sha256": exported.get(CHECKPOINT_SHA256_KEY), "onnx_export": True}
+    from SAMMed3DLib.backends.onnx_predictor import CHECKPOINT_SHA256_KEY
     from SAMMed3DLib.weights import sha256_of
 
-    return {"given": given, "file": path.name, "path": str(path.resolve()), "sha256": sha256_of(path)}
+    known = getattr(predictor, "metadata", {}).get(CHECKPOINT_SHA256_KEY)  # the remote backend hashed it already
+    return {"given": given, "file": path.name, "path": str(path.resolve()), "sha256": known or sha256_of(path)}
 
 
 def software() -> Dict[str, Optional[str]]:

@@ -59,6 +59,17 @@ def test_a_session_encoding_on_the_server_equals_a_local_one(encoder_server, tin
     assert_same_embedding(remote.encode(image), local.encode(image))
 
 
+def test_a_run_through_the_server_records_the_decoders_checkpoint(encoder_server, tiny_export, local):
+    """run.json's checkpoint record (provenance) of the remote backend: the export's checkpoint SHA256, as for the
+    local ONNX backend, not None."""
+    from SAMMed3DLib import provenance
+
+    remote = RemotePredictor(encoder_server, tiny_export, device="cpu")
+    record = provenance.checkpoint(tiny_export, "tiny", remote)
+    assert record["sha256"] == provenance.checkpoint(tiny_export, "tiny", local)["sha256"]
+    assert record["sha256"] is not None and len(record["sha256"]) == 64
+
+
 def test_eight_clients_at_once_each_get_their_own_embeddings(encoder_server, tiny_export, local):
     """One predictor shared by 8 threads (each gets its own connection, as tritonclient needs), 5 encodes each, of
     patches that differ per thread and call: every answer is the local encoder's for that patch."""

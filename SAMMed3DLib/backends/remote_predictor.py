@@ -54,6 +54,7 @@ from SAMMed3DLib.serving.protocol import (
     EMBEDDING,
     IMAGE,
     MODEL_FOR_DATATYPE,
+    READY_PATH,
     is_loopback,
 )
 
@@ -119,6 +120,13 @@ def _datatype_and_model(dtype: str, model: Optional[str]) -> Tuple[str, str]:
     return datatype, model or MODEL_FOR_DATATYPE[datatype]
 
 
+def check_same_checkpoint(info: ServerInfo, local_sha256: Optional[str], decoder: str) -> None:
+    """`CheckpointMismatch` unless the server encodes with the checkpoint of SHA256 `local_sha256`, the one the
+    local decoder (named `decoder`) comes from; a side that does not say counts as a mismatch."""
+    if info.checkpoint_sha256 is None or local_sha256 is None or info.checkpoint_sha256 != local_sha256.lower():
+        raise CheckpointMismatch(info.url, info.checkpoint_sha256, local_sha256, decoder)
+
+
 class RemotePredictor:
     """The predictor protocol with `encode` on the server at `url` and `decode` here.
 
@@ -144,9 +152,9 @@ class RemotePredictor:
     ) -> None:
         self._datatype, self.model = _datatype_and_model(dtype, model)
         self._connection = ServerConnection(url, token, ca_file, timeout)  # the URL is checked before loading
-        if isinstance(decoder, (str, Path)):
-            from SAMMed3DLib.backends.onnx_predictor import CHECKPOINT_SHA256_KEY, OnnxDecoder
+        from SAMMed3DLib.backends.onnx_predictor import CHECKPOINT_SHA256_KEY, OnnxDecoder
 
+        if isinstance(decoder, (str, Path)):
             decoder = OnnxDecoder(decoder, providers=device)
             checkpoint_sha256 = checkpoint_sha256 or decoder.metadata.get(CHECKPOINT_SHA256_KEY)
             decoder_name = str(decoder.path)
@@ -155,9 +163,10 @@ class RemotePredictor:
         self.decoder = decoder
         self.url = self._connection.url
         self.info = self._connection.describe(self.model)
-        if self.info.checkpoint_sha256 is None or checkpoint_sha256 is None \
-                or self.info.checkpoint_sha256 != checkpoint_sha256.lower():
-            raise CheckpointMismatch(self.url, self.info.checkpoint_sha256, checkpoint_sha256, decoder_name)
+        check_same_checkpoint(self.info, checkpoint_sha256, decoder_name)
+        # The checkpoint as an export records it (`provenance.checkpoint` reads it, so it is not hashed again).
+        self.metadata: Dict[str, str] = {**getattr(decoder, "metadata", {}),
+                                         CHECKPOINT_SHA256_KEY: str(checkpoint_sha256).lower()}
         self._decoder_name = decoder_name
         self.device = decoder.device
         where = f" on {self.info.device}" if self.info.device else ""
@@ -240,9 +249,9 @@ class ServerConnection:
         metadata = self._call("/v2", lambda client: client.get_server_metadata(), expect_v2=True)
         if not isinstance(metadata, dict) or not {"name", "version"} <= set(metadata):
             raise NotAV2Server(self.url, "its answer to GET /v2 is not server metadata")
-        if not self._call("/v2/health/ready", lambda client: client.is_server_ready()):
+        if not self._call(READY_PATH, lambda client: client.is_server_ready()):
             raise ServerNotReady(self.url)
-        self._call(f"/v2/models/{model}", lambda client: client.get_model_metadata(model), model=model)
+        model_metadata = self._call(f"/v2/models/{model}", lambda client: client.get_model_metadata(model), model=model)
         if not self._call(f"/v2/models/{model}/ready", lambda client: client.is_model_ready(model)):
             raise ServerNotReady(self.url, model)
         try:
@@ -253,8 +262,7 @@ class ServerConnection:
                 raise
             parameters = {}  # no model configuration extension (MLServer): its metadata may carry them
         if not parameters:
-            parameters = self._call(f"/v2/models/{model}", lambda client: client.get_model_metadata(model)) \
-                .get("parameters") or {}
+            parameters = model_metadata.get("parameters") or {}
 
         def parameter(key: str) -> Optional[str]:
             value = parameters.get(key)

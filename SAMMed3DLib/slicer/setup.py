@@ -208,16 +208,13 @@ def connection_report(settings: ModelSettings, token: Optional[str] = None) -> s
     round trip of one encode (`check_connection`), and, where the decoder folder is chosen, that the server encodes
     with its checkpoint. A SAMMed3DError (a `ServerError` for the server's problems) says what is wrong."""
     from SAMMed3DLib.backends.onnx_predictor import CHECKPOINT_SHA256_KEY, OnnxDecoder
-    from SAMMed3DLib.backends.remote_predictor import check_connection
-    from SAMMed3DLib.errors import CheckpointMismatch
+    from SAMMed3DLib.backends.remote_predictor import check_connection, check_same_checkpoint
 
     info = check_connection(settings.server_url(), token or None)
     if settings.model != LOCAL_FILE or not settings.local_path:
         return f"{info.describe()}. Choose the decoder's export folder to check that it belongs to this checkpoint."
-    decoder = OnnxDecoder(model_file(settings), providers="cpu")
-    local = decoder.metadata.get(CHECKPOINT_SHA256_KEY)
-    if info.checkpoint_sha256 is None or local is None or info.checkpoint_sha256 != local.lower():
-        raise CheckpointMismatch(info.url, info.checkpoint_sha256, local, str(model_file(settings)))
+    folder = model_file(settings)
+    check_same_checkpoint(info, OnnxDecoder(folder, providers="cpu").metadata.get(CHECKPOINT_SHA256_KEY), str(folder))
     return f"{info.describe()}; the local decoder belongs to the same checkpoint."
 
 
