@@ -11,7 +11,7 @@ installing PyTorch fails can still run the network. The file names, tensor names
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple, Union
+from typing import Any, Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -80,6 +80,14 @@ def _session(path: Path, providers: Union[str, Sequence[str]], inputs: Tuple[str
     return session
 
 
+def _described(session: Any) -> Tuple[List[str], str, str, Dict[str, str]]:
+    """What a predictor says of its ONNX Runtime session: the providers it really uses, the device and label they
+    amount to, and the export's metadata (package version, source checkpoint's SHA256 and name)."""
+    providers = session.get_providers()
+    device = "cuda" if _CUDA in providers else "cpu"
+    return providers, device, f"{BACKENDS['onnx']} on {device}", dict(session.get_modelmeta().custom_metadata_map)
+
+
 class OnnxDecoder:
     """The exported decoder alone, for hosts that encode elsewhere (the remote backend): `path` is an export folder
     (only its decoder.onnx is read) or a decoder.onnx file. `providers` as for `OnnxPredictor`."""
@@ -90,10 +98,7 @@ class OnnxDecoder:
         if not file.is_file():
             raise NotAnExport(path, f"it lacks {DECODER_FILE}" if path.is_dir() else "no such file or folder")
         self._session = _session(file, providers, DECODER_INPUTS)
-        self.providers: List[str] = self._session.get_providers()
-        self.device = "cuda" if _CUDA in self.providers else "cpu"
-        self.label = f"{BACKENDS['onnx']} on {self.device}"
-        self.metadata: Dict[str, str] = dict(self._session.get_modelmeta().custom_metadata_map)
+        self.providers, self.device, self.label, self.metadata = _described(self._session)
         self.path = file
 
     def decode(
@@ -133,10 +138,7 @@ class OnnxPredictor:
             raise NotAnExport(directory, f"it lacks {' and '.join(missing)}")
         self._encoder = _session(directory / ENCODER_FILE, providers, ENCODER_INPUTS)
         self._decoder = OnnxDecoder(directory, providers)
-        self.providers: List[str] = self._encoder.get_providers()
-        self.device = "cuda" if _CUDA in self.providers else "cpu"
-        self.label = f"{BACKENDS['onnx']} on {self.device}"
-        self.metadata: Dict[str, str] = dict(self._encoder.get_modelmeta().custom_metadata_map)
+        self.providers, self.device, self.label, self.metadata = _described(self._encoder)
         self.directory = directory
 
     def encode(self, image: np.ndarray) -> np.ndarray:
