@@ -37,6 +37,7 @@ import numpy as np
 from scipy import ndimage
 
 from SAMMed3DLib.backends.cpu_threads import process_threads
+from SAMMed3DLib.evaluation.metrics import as_bool
 from SAMMed3DLib.interactive.boxed_array import is_empty, nonzero_box
 from SAMMed3DLib.interactive.geometry import Region
 
@@ -242,22 +243,15 @@ def _deepest(component: np.ndarray) -> np.ndarray:
 
 def _masks(truth: Any, prediction: Any) -> Tuple[np.ndarray, np.ndarray]:
     """Both masks as bool numpy arrays (torch tensors too); no prediction is an empty one."""
-    truth = _as_bool(truth)
+    truth = as_bool(truth)
     if truth.ndim != 3:
         raise ValueError(f"clicks are simulated on 3D masks, got shape {truth.shape}")
     if prediction is None:
         return truth, np.zeros_like(truth)
-    prediction = _as_bool(prediction)
+    prediction = as_bool(prediction)
     if prediction.shape != truth.shape:
         raise ValueError(f"prediction shape {prediction.shape} differs from the truth's {truth.shape}")
     return truth, prediction
-
-
-def _as_bool(mask: Any) -> np.ndarray:
-    if hasattr(mask, "detach"):  # a torch tensor, possibly on a GPU
-        mask = mask.detach().cpu().numpy()
-    mask = np.asarray(mask)
-    return mask if mask.dtype == bool else mask > 0
 
 
 def _errors(truth: np.ndarray, prediction: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -284,9 +278,9 @@ def next_clicks(truth: Any, prediction: Any, rng: np.random.Generator) -> Tuple[
     """The fine-tuning loop's clicks, one per mask pair of a batch (shape (..., D, H, W), e.g. (B, 1, 128, 128, 128)):
     the "random" rule, and a positive click drawn from the truth where the prediction is already perfect. Returns
     `points` int64 (n, 3) voxel indices and `labels` int64 (n,) 1 positive / 0 negative, drawn in batch order."""
-    truth = _as_bool(truth)
+    truth = as_bool(truth)
     batch = truth.reshape(-1, *truth.shape[-3:])
-    predictions = [None] * len(batch) if prediction is None else _as_bool(prediction).reshape(batch.shape)
+    predictions = [None] * len(batch) if prediction is None else as_bool(prediction).reshape(batch.shape)
     clicks = []
     for one_truth, one_prediction in zip(batch, predictions):
         click = random_click(one_truth, one_prediction, rng)

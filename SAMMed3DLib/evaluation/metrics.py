@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import itertools
 from concurrent.futures import ThreadPoolExecutor
-from typing import Sequence, Tuple
+from typing import Any, Sequence, Tuple
 
 import numpy as np
 
@@ -19,13 +19,16 @@ from SAMMed3DLib.interactive.boxed_array import nonzero_box
 
 
 def _pair(prediction: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    prediction, truth = _as_bool(prediction), _as_bool(truth)
+    prediction, truth = as_bool(prediction), as_bool(truth)
     if prediction.shape != truth.shape:
         raise ValueError(f"prediction shape {prediction.shape} differs from the truth's {truth.shape}")
     return prediction, truth
 
 
-def _as_bool(mask: np.ndarray) -> np.ndarray:
+def as_bool(mask: Any) -> np.ndarray:
+    """A mask as a bool numpy array: non-zero is inside; torch tensors (also on a GPU) too."""
+    if hasattr(mask, "detach"):
+        mask = mask.detach().cpu().numpy()
     mask = np.asarray(mask)
     return mask if mask.dtype == bool else mask > 0
 

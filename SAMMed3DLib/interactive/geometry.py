@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Tuple
 
 import numpy as np
 
@@ -308,10 +308,10 @@ def frame_region(volume: Volume, frame: PatchFrame) -> Region:
     return tuple(region)
 
 
-def interior_voxel(region: np.ndarray, spacing: Optional[Tuple[float, float, float]] = None) -> Tuple[int, int, int]:
-    """The voxel of a 3D mask farthest from its border (the array's edge counts as border; in mm with `spacing`,
-    in the array's axis order); the first such voxel in C order on ties."""
+def interior_voxel(region: np.ndarray) -> Tuple[int, int, int]:
+    """The voxel of a 3D mask farthest from its border in voxels (the array's edge counts as border); the first such
+    voxel in C order on ties."""
     from scipy.ndimage import distance_transform_edt
 
-    distance = distance_transform_edt(np.pad(region, 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
+    distance = distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1, 1:-1]
     return tuple(int(i) for i in np.unravel_index(int(np.argmax(distance)), region.shape))
