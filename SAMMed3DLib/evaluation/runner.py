@@ -145,14 +145,19 @@ def evaluate_case(
     settings: Settings,
     names: Dict[int, str],
     on_click: Optional[Callable[[], None]] = None,
+    values: Optional[List[int]] = None,
 ) -> List[Dict[str, Any]]:
-    """Rows (one per label value x click) of one case; `on_click()` after each click (progress)."""
+    """Rows (one per label value x click) of one case; `on_click()` after each click (progress). `values`: the
+    label values to evaluate as `check_cases` found them (the label map is then not checked again)."""
     from SAMMed3DLib.interactive.geometry import Volume
 
-    label_volume, values = read_label(case)
+    if values is None:
+        label_volume, found = read_label(case)
+        values = _wanted(found, settings)
+    else:
+        label_volume = Volume.read(case.label)
     volume = Volume.read(case.image)
     labels = label_volume.array
-    values = _wanted(values, settings)
     modality = settings.modality if settings.modality != "auto" else case.modality
     rows: List[Dict[str, Any]] = []
     for value in values:
@@ -240,7 +245,6 @@ def evaluate(
     labels: Path,
     output: Path,
     settings: Settings,
-    on_case: Optional[Callable[[Case, int, int], None]] = None,
     checkpoint: Optional[Dict[str, Any]] = None,
     on_click: Optional[Callable[[Case, int, int], None]] = None,
     checked: Optional[Dict[str, List[int]]] = None,
@@ -249,8 +253,8 @@ def evaluate(
     """Evaluate every case not yet finished in `output`, then (re)write metrics.csv, summary.json, the plot and, for
     cvpr25, cvpr25_cases.csv. Returns the summary (None on processes other than rank 0).
 
-    `checkpoint` is the model's record (`provenance.checkpoint`, on rank 0); `on_case(case, done, to_do)` is called
-    before each case this process evaluates, `on_click(case, clicks done, clicks to do)` after each click (progress).
+    `checkpoint` is the model's record (`provenance.checkpoint`, on rank 0); `on_click(case, clicks done, clicks to
+    do)` after each click of this process (progress).
     `checked`: `check_cases` of the cases to do, when the caller ran it before loading the model (on rank 0).
     `context`: this process among several (`SAMMed3DLib.distributed.setup`); a case that fails raises `CaseFailed`
     (with its rank in a run on several processes)."""
@@ -275,9 +279,7 @@ def evaluate(
     cases, names, todo, values, run = gather(context, plan)[0]
     mine = todo[context.rank :: context.world_size]
     clicks, done_clicks = sum(len(values[case.name]) for case in mine) * settings.click_count, 0
-    for done, case in enumerate(mine):
-        if on_case is not None:
-            on_case(case, done, len(mine))
+    for case in mine:
 
         def clicked(case: Case = case) -> None:
             nonlocal done_clicks
@@ -286,7 +288,7 @@ def evaluate(
                 on_click(case, done_clicks, clicks)
 
         try:
-            rows = evaluate_case(predictor, case, settings, names, on_click=clicked)
+            rows = evaluate_case(predictor, case, settings, names, on_click=clicked, values=values[case.name])
         except Exception as error:
             if not context.distributed and not isinstance(error, (SAMMed3DError, ValueError, OSError)):
                 raise  # a bug: its traceback
