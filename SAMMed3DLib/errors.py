@@ -219,8 +219,8 @@ class CaseFailed(SAMMed3DError):
 
     def __init__(self, case: str, cause: BaseException, rank: Optional[int] = None) -> None:
         self.case, self.cause, self.rank = case, cause, rank
-        where = f"case {case}" if rank is None else f"rank {rank}, case {case}"
-        super().__init__(f"{where}: {describe(cause)}")
+        self.where = f"case {case}" if rank is None else f"rank {rank}, case {case}"
+        super().__init__(f"{self.where}: {describe(cause)}")
 
 
 def describe(error: BaseException) -> str:

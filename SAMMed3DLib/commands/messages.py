@@ -48,8 +48,7 @@ def terminal_message(error: BaseException) -> str:
     if isinstance(error, errors.CaseFailed):
         cause = error.cause
         detail = terminal_message(cause) if isinstance(cause, errors.SAMMed3DError) else errors.describe(cause)
-        where = f"case {error.case}" if error.rank is None else f"rank {error.rank}, case {error.case}"
-        return f"{where}: {detail}"
+        return f"{error.where}: {detail}"
     if isinstance(error, errors.InvalidChecksum):
         return f"--sha256 {facts}"
     if isinstance(error, errors.ServerError):
