@@ -38,6 +38,7 @@ from SAMMed3DLib.errors import OtherRun, SAMMed3DError
 from SAMMed3DLib.evaluation import clicks, metrics
 from SAMMed3DLib.files import atomic_path
 from SAMMed3DLib.interactive.preprocess import normalise
+from SAMMed3DLib.model.checkpoint import safe_load
 from SAMMed3DLib.train import data
 from SAMMed3DLib.train.config import APPLIED_ON_RESUME, TrainConfig
 from SAMMed3DLib.weights import Progress
@@ -186,15 +187,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def read_training_checkpoint(path: Path, device: torch.device, mmap: bool = False) -> Dict[str, Any]:
-    """A checkpoint in the reference's format, read safely (`safe_load`); its `args` may be an argparse.Namespace (the
-    reference's own script pickles one), the one non-tensor type allowed, as for the weights loader. `mmap` reads
-    tensors only when used (to look at the settings)."""
-    from SAMMed3DLib.model.checkpoint import safe_load
-
-    return safe_load(path, device, mmap)
-
-
 class Trainer:
     """Holds the model, optimiser, scheduler and position of one run; `run()` trains to the end or `max_steps`."""
 
@@ -299,7 +291,7 @@ class Trainer:
 
     def _resume(self) -> None:
         path = self.output / LATEST
-        state = read_training_checkpoint(path, self.context.device)
+        state = safe_load(path, self.context.device)
         if not isinstance(state, dict) or not _RESUME_KEYS.issubset(state):
             raise SAMMed3DError(f"{path} cannot be resumed: it lacks the optimiser and position state that "
                                 "fine-tuning writes (a reference or published checkpoint?)")
@@ -523,7 +515,7 @@ def resume_config(output: Path, given: Dict[str, Any]) -> TrainConfig:
     """The settings to continue the run in `output` with: the ones its latest checkpoint records, with the `given`
     ones (what the user asked for explicitly) on top; `Trainer` refuses a given one that differs from the record
     (`APPLIED_ON_RESUME` aside)."""
-    state = read_training_checkpoint(Path(output) / LATEST, torch.device("cpu"), mmap=True)
+    state = safe_load(Path(output) / LATEST, torch.device("cpu"), mmap=True)  # the settings: tensors stay on disk
     recorded = state.get("args") if isinstance(state, dict) else None  # a Namespace: the reference's, not resumable
     known = {name for name in TrainConfig.__dataclass_fields__ if name not in APPLIED_ON_RESUME}
     settings = {key: value for key, value in (recorded if isinstance(recorded, dict) else {}).items() if key in known}
