@@ -175,10 +175,8 @@ def cached(name: str) -> Optional[Path]:
 
 def cached_file(name: str) -> Path:
     """The cached file of a registry or imported name (or a cached file's own name); `NotCached` if there is none."""
-    hit = cached(name)
-    if hit is None and name and "/" not in name and (cache_dir() / name).is_file():
-        hit = cache_dir() / name
-    if hit is None or hit.suffix not in CHECKPOINT_SUFFIXES:
+    hit = cached(name)  # a cached file's own name is an imported name that already ends in its suffix
+    if hit is None:
         raise NotCached(name, cache_dir(), [path.stem for path in cached_files()])
     return hit
 
