@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from SAMMed3DLib.interactive.boxed_array import BoxedArray, union
+from SAMMed3DLib.interactive.boxed_array import BoxedArray, relative, union, within
 from SAMMed3DLib.interactive.geometry import (
     LOGITS_SIZE,
     PatchFrame,
@@ -303,7 +303,7 @@ class InteractiveSession:
                 offset[axis] = side * size / 2
                 frame = roi.frame.shifted(offset)
                 region = frame_region(self.volume, frame)
-                if all(_within(region[a], covered[a]) for a in range(3)):
+                if within(region, covered):
                     continue
                 centre = frame.center_ras
                 if any(np.abs(other.frame.to_patch(centre)[0] - (size - 1) / 2).max() < size / 4 for other in rois):
@@ -357,11 +357,12 @@ class InteractiveSession:
         coarse = frame.logits_frame()
         prompt = np.zeros((1, 1) + (coarse.size,) * 3, np.float32)
         region = frame_region(self.volume, frame)
-        if self._mask.get(region).any():
-            around = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n)) for s, n in zip(region, self._mask.shape))
+        around = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n)) for s, n in zip(region, self._mask.shape))
+        block = self._mask.get(around)
+        if block[relative(region, around)].any():
             corner = np.eye(4)
             corner[:3, 3] = [around[2].start, around[1].start, around[0].start]
-            fraction = resample_into(Volume(self._mask.get(around), self.volume.ijk_to_ras @ corner), coarse, "linear")
+            fraction = resample_into(Volume(block, self.volume.ijk_to_ras @ corner), coarse, "linear")
             if fraction.any():
                 prompt[0, 0] = (fraction - 0.5) * MASK_LOGIT_SCALE
         timings["preprocess"] += time.perf_counter() - started
@@ -397,7 +398,3 @@ def _interior_point(mask: np.ndarray, patch_size: int) -> Optional[np.ndarray]:
     coarse = np.array(interior_voxel(mask), dtype=np.float64)
     factor = patch_size / mask.shape[0]
     return (coarse * factor + (factor - 1) / 2)[None]
-
-
-def _within(inner: slice, outer: slice) -> bool:
-    return inner.stop <= inner.start or (outer.start <= inner.start and inner.stop <= outer.stop)

@@ -58,7 +58,7 @@ def labelmap_in_extent(image, extent: Sequence[int]) -> np.ndarray:
     out = np.zeros(extent_shape(extent), dtype=np.uint8)
     if image is None or 0 in extent_shape(image.GetExtent()) or image.GetPointData().GetScalars() is None:
         return out
-    source = image_array(image) > 0
+    source = image_voxels(image)  # a view: only the overlap is read
     have = image.GetExtent()
     # Overlap of the two extents, per axis, in K,J,I order.
     target_slices, source_slices = [], []
@@ -69,7 +69,7 @@ def labelmap_in_extent(image, extent: Sequence[int]) -> np.ndarray:
             return out
         target_slices.append(slice(lo - extent[2 * axis], hi - extent[2 * axis] + 1))
         source_slices.append(slice(lo - have[2 * axis], hi - have[2 * axis] + 1))
-    out[tuple(target_slices)] = source[tuple(source_slices)]
+    out[tuple(target_slices)] = source[tuple(source_slices)] > 0
     return out
 
 
