@@ -440,7 +440,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect, VTKObservationMix
         try:
             book = self._currentBook(predictor)
             segments, read = self._reader(segmentationNode, key[1])
-            rebased = book.reconcile(key, read, self._segmentStamp(key))
+            stamp = self._segmentStamp(key)  # nothing below writes the segment before the click's result
+            rebased = book.reconcile(key, read, stamp)
             session = book.start_click(key, read, refine=action.refine)
         except (SAMMed3DError, ValueError) as error:
             self._status = f"{user_message(error)} {NOT_CHANGED}"
@@ -449,7 +450,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect, VTKObservationMix
         positive = action.click.positive
         job = self.logic.submit("Segmenting at the click", lambda job: session.add_click(sessionRas, positive),
                                 self._clickDone)
-        self._running = _Running(action, job, book, self._segmentStamp(key), rebased)
+        self._running = _Running(action, job, book, stamp, rebased)
 
     def _clickDone(self, job):
         """On the main thread, when the worker ran a click: write it, or discard it (cancelled, failed, or the

@@ -190,8 +190,9 @@ def run(args: argparse.Namespace) -> int:
                 raise SAMMed3DError(f"click {bar.n + 1}: {error}") from None
             bar.update(1)
     finished = time.perf_counter()
-    write_mask(args.output, prediction.mask, grid)
-    voxels = int(np.count_nonzero(prediction.mask))
+    mask = prediction.mask  # built on the whole grid when read
+    write_mask(args.output, mask, grid)
+    voxels = int(np.count_nonzero(mask))
     millilitres = voxels * float(np.prod(volume.spacing)) / 1000.0
     print(f"wrote {args.output}: {voxels} voxels ({millilitres:.1f} ml) from {plural(len(points), 'click')} "
           f"in {time.perf_counter() - started:.1f} s")
