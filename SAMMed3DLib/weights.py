@@ -189,12 +189,16 @@ def cached_files() -> list[Path]:
     return sorted(path for path in folder.iterdir() if path.suffix in CHECKPOINT_SUFFIXES and path.is_file())
 
 
+def partial_download(target: Path) -> Path:
+    """Where the download of the cache file `target` grows until it is verified (a later download resumes from it)."""
+    return target.with_name(target.name + ".part")
+
+
 def remove(name: str) -> list[Path]:
     """Delete a cached checkpoint (a registry or imported name, or its file name) and a partial download of it;
     returns the deleted paths."""
     path = cached_file(name)
-    part = path.with_name(path.name + ".part")
-    removed = [p for p in (path, part) if p.is_file()]
+    removed = [p for p in (path, partial_download(path)) if p.is_file()]
     for p in removed:
         p.unlink()
     return removed
@@ -224,8 +228,7 @@ class Source:
 
     @property
     def part(self) -> Path:
-        """Where the download grows until it is verified (a later download resumes from it)."""
-        return self.target.with_name(self.filename + ".part")
+        return partial_download(self.target)
 
 
 def source(name_or_url: str, sha256: Optional[str] = None) -> Source:

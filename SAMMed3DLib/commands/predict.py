@@ -68,14 +68,12 @@ def _suffix(path: Path) -> str:
 
 def _grid_of(path: str, volume: Any) -> tuple:
     """Size, spacing, origin and direction of the input exactly as stored (not recomputed from the RAS matrix)."""
-    import SimpleITK as sitk
+    from SAMMed3DLib.interactive.geometry import read_header
 
     if os.path.isdir(path):
         image = volume.to_sitk()
         return image.GetSpacing(), image.GetOrigin(), image.GetDirection()
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(path)
-    reader.ReadImageInformation()
+    reader = read_header(path)
     return reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection()
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Tuple
+from typing import Any, Tuple
 
 import numpy as np
 
@@ -177,8 +177,9 @@ def _ijk_to_ras(image) -> np.ndarray:
     return LPS_TO_RAS @ ijk_to_lps
 
 
-def file_grid(path: str | os.PathLike) -> Tuple[Tuple[int, ...], np.ndarray]:
-    """A volume file's array shape (K,J,I) and IJK->RAS matrix from its header alone, without reading voxels."""
+def read_header(path: str | os.PathLike) -> Any:
+    """A SimpleITK reader that has read a volume file's header alone (size, spacing, origin, direction), without
+    its voxels; `UnreadableImage` if it cannot."""
     import SimpleITK as sitk
 
     from SAMMed3DLib.interactive.image_files import itk_reason
@@ -189,6 +190,12 @@ def file_grid(path: str | os.PathLike) -> Tuple[Tuple[int, ...], np.ndarray]:
         reader.ReadImageInformation()
     except RuntimeError as error:
         raise UnreadableImage(Path(path), itk_reason(error)) from error
+    return reader
+
+
+def file_grid(path: str | os.PathLike) -> Tuple[Tuple[int, ...], np.ndarray]:
+    """A volume file's array shape (K,J,I) and IJK->RAS matrix from its header alone, without reading voxels."""
+    reader = read_header(path)
     return tuple(int(n) for n in reader.GetSize()[::-1]), _ijk_to_ras(reader)
 
 
