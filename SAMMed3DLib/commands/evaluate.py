@@ -54,7 +54,6 @@ from SAMMed3DLib.evaluation.clicks import PROTOCOLS
 from SAMMed3DLib.files import check_writable, same_file
 
 HELP = "Dice and NSD against the number of clicks on a labelled dataset (the paper's or the CVPR 2025 protocol)"
-CVPR25_CLICKS = 5  # the challenge's click steps
 PROGRESS_DELAY_S = 0.5  # the progress bars show only for a run that takes longer
 
 
@@ -73,7 +72,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", required=True, type=Path, metavar="DIR", help="folder of label images")
     parser.add_argument("--output", required=True, type=Path, metavar="DIR", help="folder for the results")
     parser.add_argument("--clicks", type=positive_int, metavar="N",
-                        help=f"clicks per object (default: {CVPR25_CLICKS} for cvpr25, else 10)")
+                        help=f"clicks per object (default: {PROTOCOLS['cvpr25'].default_clicks} for cvpr25, else "
+                             f"{PROTOCOLS['paper'].default_clicks})")
     parser.add_argument("--protocol", choices=tuple(PROTOCOLS), default="paper",
                         help="the click simulation: a published protocol (see protocols above; default: paper)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the click simulation (default: 0)")
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     )
 
     require_packages()
-    clicks = args.clicks or (CVPR25_CLICKS if args.protocol == "cvpr25" else 10)
+    clicks = args.clicks or PROTOCOLS[args.protocol].default_clicks
     settings = Settings(click_count=clicks, protocol=args.protocol, seed=args.seed, labels_only=args.labels_only,
                         modality=args.modality)
     context = _join_processes(args)

@@ -48,28 +48,32 @@ Random = Union[np.random.RandomState, np.random.Generator]
 @dataclass(frozen=True)
 class Protocol:
     """A click protocol: the rule of click 1, 2, ... (the last one repeats), the logit above which the rules see the
-    prediction as foreground, and where it is published (for the command's help and the README)."""
+    prediction as foreground, where it is published (for the command's help and the README), the NSD tolerance its
+    scores use and its number of clicks."""
 
     name: str
     rules: Tuple[str, ...]
     logit_threshold: float
     source: str
+    nsd_tolerance_mm: float = 1.0  # the reference's 1 mm
+    default_clicks: int = 10
 
     def rule(self, number: int) -> str:
         """The rule of click `number` (1-based)."""
         return self.rules[min(number, len(self.rules)) - 1]
 
 
-PROTOCOLS = {
-    "paper": Protocol("paper", ("ritm", "ritm", "random"), 0.5,
-                      "SAM-Med3D's paper (validation.py, uni-medical/SAM-Med3D a92eddc)"),
-    "cvpr25": Protocol("cvpr25", ("centre",), 0.0,
-                       "CVPR 2025 challenge (CVPR25_iter_eval.py, JunMa11/CVPR-MedSegFMCompetition 748e862)"),
-    "random": Protocol("random", ("random",), 0.0,
-                       "current reference, random (utils/infer_utils.py, uni-medical/SAM-Med3D f3de1fa)"),
-    "ritm": Protocol("ritm", ("ritm",), 0.0,
-                     "current reference, ritm (utils/infer_utils.py, uni-medical/SAM-Med3D f3de1fa)"),
-}
+PROTOCOLS = {protocol.name: protocol for protocol in (
+    Protocol("paper", ("ritm", "ritm", "random"), 0.5,
+             "SAM-Med3D's paper (validation.py, uni-medical/SAM-Med3D a92eddc)"),
+    Protocol("cvpr25", ("centre",), 0.0,
+             "CVPR 2025 challenge (CVPR25_iter_eval.py, JunMa11/CVPR-MedSegFMCompetition 748e862)",
+             nsd_tolerance_mm=2.0, default_clicks=5),  # the challenge's 2 mm and 5 click steps
+    Protocol("random", ("random",), 0.0,
+             "current reference, random (utils/infer_utils.py, uni-medical/SAM-Med3D f3de1fa)"),
+    Protocol("ritm", ("ritm",), 0.0,
+             "current reference, ritm (utils/infer_utils.py, uni-medical/SAM-Med3D f3de1fa)"),
+)}
 CENTRE_SEED = 42  # the challenge re-seeds numpy with 42 before each tie-break
 LARGE_BOX_VOXELS = 60_000_000  # the challenge downsamples the depth of a component whose padded box is larger
 

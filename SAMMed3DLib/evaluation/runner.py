@@ -51,7 +51,6 @@ from SAMMed3DLib.files import same_file, write_json
 from SAMMed3DLib.interactive.boxed_array import EMPTY, is_empty, nonzero_box, union
 from SAMMed3DLib.interactive.geometry import frame_region
 
-NSD_TOLERANCE_MM = {"paper": 1.0, "cvpr25": 2.0, "random": 1.0, "ritm": 1.0}  # the challenge's 2 mm; the reference's 1
 # A process that has finished its cases waits for the others at one collective, possibly for hours; a process that
 # dies is noticed by torchrun, which stops the run, not by this timeout.
 PROCESS_TIMEOUT = timedelta(days=7)
@@ -199,7 +198,7 @@ def _evaluate_target(predictor: Any, volume, truth: np.ndarray, settings: Settin
         box = union([truth_box, predicted])
         rows.append({
             "click": number, "dice": dice(mask[box], truth[box]),
-            "nsd": nsd(mask[box], truth[box], spacing_kji, NSD_TOLERANCE_MM[protocol.name]),
+            "nsd": nsd(mask[box], truth[box], spacing_kji, protocol.nsd_tolerance_mm),
             "truth_ml": truth_ml, "predicted_ml": int(np.count_nonzero(mask[box])) * voxel_ml,
             "positive": None if click is None else int(click.positive),
             "i": None if click is None else index[2], "j": None if click is None else index[1],
@@ -308,7 +307,7 @@ def evaluate(
     write_rows(output / "metrics.csv", rows)
     summary = {"settings": run["settings"], "checkpoint": run["checkpoint"], "runs": run["runs"],
                "protocol_source": PROTOCOLS[settings.protocol].source,
-               "nsd_tolerance_mm": NSD_TOLERANCE_MM[settings.protocol], "empty_cases": empty,
+               "nsd_tolerance_mm": PROTOCOLS[settings.protocol].nsd_tolerance_mm, "empty_cases": empty,
                **summarise(rows, settings.click_count, settings.protocol)}
     write_json(output / "summary.json", summary)
     if settings.protocol == "cvpr25":
