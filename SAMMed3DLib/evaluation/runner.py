@@ -178,11 +178,11 @@ def _evaluate_target(predictor: Any, volume, truth: np.ndarray, settings: Settin
     truth_box = nonzero_box(truth)
     truth_ml = int(truth[truth_box].sum()) * voxel_ml
     session = InteractiveSession(predictor, volume, modality=modality)
-    seen: Optional[np.ndarray] = None  # the prediction as the rules see it; None before the first click
+    seen: Optional[np.ndarray] = None  # the prediction in `box` as the rules see it; None before the first click
     box = truth_box
     rows = []
     for number in range(1, settings.click_count + 1):
-        click = next_click(protocol.name, number, truth[box], None if seen is None else seen[box], rng)
+        click = next_click(protocol.name, number, truth[box], seen, rng)
         seconds = 0.0
         if click is not None:  # None: nothing left to correct, the prediction stays
             index = tuple(i + s.start for i, s in zip(click.index, box))
@@ -190,21 +190,21 @@ def _evaluate_target(predictor: Any, volume, truth: np.ndarray, settings: Settin
             start = time.perf_counter()
             session.add_click(ras, positive=click.positive)
             seconds = time.perf_counter() - start
-        mask = session.mask
         rois = union(frame_region(volume, frame) for frame in session.frames)
-        predicted = EMPTY if is_empty(rois) else nonzero_box(mask[rois])
+        predicted = EMPTY if is_empty(rois) else nonzero_box(session.mask_in(rois))
         if not is_empty(predicted):
             predicted = tuple(slice(p.start + r.start, p.stop + r.start) for p, r in zip(predicted, rois))
         box = union([truth_box, predicted])
+        mask = session.mask_in(box)  # the masks are empty outside the box: the whole volume is not built
         rows.append({
-            "click": number, "dice": dice(mask[box], truth[box]),
-            "nsd": nsd(mask[box], truth[box], spacing_kji, protocol.nsd_tolerance_mm),
-            "truth_ml": truth_ml, "predicted_ml": int(np.count_nonzero(mask[box])) * voxel_ml,
+            "click": number, "dice": dice(mask, truth[box]),
+            "nsd": nsd(mask, truth[box], spacing_kji, protocol.nsd_tolerance_mm),
+            "truth_ml": truth_ml, "predicted_ml": int(np.count_nonzero(mask)) * voxel_ml,
             "positive": None if click is None else int(click.positive),
             "i": None if click is None else index[2], "j": None if click is None else index[1],
             "k": None if click is None else index[0], "seconds": round(seconds, 4),
         })
-        seen = mask if protocol.logit_threshold == 0 else session.mask_above(protocol.logit_threshold)
+        seen = mask if protocol.logit_threshold == 0 else session.mask_above(protocol.logit_threshold, box)
         if on_click is not None:
             on_click()
     return rows

@@ -203,14 +203,15 @@ class InteractiveSession:
         """Bytes the session holds in its mask, initial mask and undo history (not the volume, not the cache)."""
         return self._mask.nbytes + self._initial.nbytes + sum(step.nbytes for step in self._history)
 
-    def mask_above(self, logit: float) -> np.ndarray:
+    def mask_above(self, logit: float, region: Optional[Region] = None) -> np.ndarray:
         """A new K,J,I uint8 mask of where the ROIs' newest logits, pasted in the same order, exceed `logit` instead
-        of 0 (`mask_above(0)` equals the live mask): the paper's click simulation, for one, reads logits > 0.5."""
+        of 0 (`mask_above(0)` equals the live mask): the paper's click simulation, for one, reads logits > 0.5.
+        Over the whole volume, or only in `region` (as `mask_in`)."""
         mask = self._initial.copy()
         for roi in sorted(self._rois, key=lambda roi: roi.pasted):
             mask.grow(frame_region(self.volume, roi.frame))
             paste_mask(self.volume, roi.frame, roi.logits[0, 0] - np.float32(logit), mask)
-        return mask.full()
+        return mask.full() if region is None else mask.get(region)
 
     def add_click(self, ras_xyz, positive: bool = True) -> Prediction:
         """Segment with one more click at a RAS point (mm); ValueError if it lies outside the volume."""
