@@ -477,3 +477,17 @@ def test_sessions_on_one_volume_share_an_embedding_cache():
     second.add_click(center)  # the same ROI: encoded once for both
     assert len(predictor.encoded) == 1 and len(cache) == 1
     np.testing.assert_array_equal(first.mask, second.mask)
+
+
+def test_crop_to_nonzero_keeps_the_changed_voxels_only():
+    from SAMMed3DLib.interactive.boxed_array import crop_to_nonzero
+
+    block = np.zeros((4, 5, 6), np.uint8)
+    block[1, 2:4, 3] = 1
+    block[2, 3, 5] = 1
+    region = (slice(10, 14), slice(20, 25), slice(30, 36))
+    cropped, inner = crop_to_nonzero(block, region)
+    assert inner == (slice(11, 13), slice(22, 24), slice(33, 36))
+    assert cropped.shape == (2, 2, 3) and cropped.sum() == block.sum()
+    empty, where = crop_to_nonzero(np.zeros((2, 2, 2), np.uint8), region)
+    assert empty.size == 0 and all(s.start == s.stop for s in where)

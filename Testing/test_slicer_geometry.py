@@ -8,7 +8,6 @@ import vtk
 
 from SAMMed3DLib.slicer.geometry import (
     array_ijk_to_ras,
-    crop_to_nonzero,
     extent_shape,
     image_array,
     inside_extent,
@@ -98,18 +97,6 @@ def test_write_region_covers_only_the_changed_box_and_round_trips():
     full = labelmap_in_extent(image, EXTENT)
     np.testing.assert_array_equal(full[region], mask[region])
     assert full.sum() == mask[region].sum()
-
-
-def test_crop_to_nonzero_keeps_the_changed_voxels_only():
-    block = np.zeros((4, 5, 6), np.uint8)
-    block[1, 2:4, 3] = 1
-    block[2, 3, 5] = 1
-    region = (slice(10, 14), slice(20, 25), slice(30, 36))
-    cropped, inner = crop_to_nonzero(block, region)
-    assert inner == (slice(11, 13), slice(22, 24), slice(33, 36))
-    assert cropped.shape == (2, 2, 3) and cropped.sum() == block.sum()
-    empty, where = crop_to_nonzero(np.zeros((2, 2, 2), np.uint8), region)
-    assert empty.size == 0 and all(s.start == s.stop for s in where)
 
 
 def test_bad_input_is_refused_with_a_message():

@@ -51,11 +51,11 @@ from slicer.util import VTKObservationMixin
 
 from SAMMed3D import SAMMed3DLogic
 from SAMMed3DLib.errors import SAMMed3DError
+from SAMMed3DLib.interactive.boxed_array import crop_to_nonzero
 from SAMMed3DLib.interactive.geometry import Volume
 from SAMMed3DLib.interactive.session import Click, EmbeddingCache, InteractiveSession
 from SAMMed3DLib.slicer.geometry import (
     array_ijk_to_ras,
-    crop_to_nonzero,
     image_array,
     inside_extent,
     labelmap_in_extent,

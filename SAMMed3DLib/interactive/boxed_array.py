@@ -53,6 +53,15 @@ def nonzero_box(array: np.ndarray) -> Region:
     return tuple(box)
 
 
+def crop_to_nonzero(block: np.ndarray, region: Region) -> Tuple[np.ndarray, Region]:
+    """The part of `block` (the content of `region`) that holds its nonzero voxels, and that part's region; an
+    empty block and region when all voxels are 0."""
+    inner = nonzero_box(block)
+    if is_empty(inner):
+        return block[0:0, 0:0, 0:0], tuple(slice(r.start, r.start) for r in region)
+    return block[inner], tuple(slice(r.start + i.start, r.start + i.stop) for r, i in zip(region, inner))
+
+
 class BoxedArray:
     """Values over a grid of `shape` (K,J,I), zero outside `box`, stored for `box` only."""
 

@@ -83,20 +83,6 @@ def region_extent(region: Region, extent: Sequence[int]) -> Extent:
     )
 
 
-def crop_to_nonzero(block: np.ndarray, region: Region) -> Tuple[np.ndarray, Region]:
-    """The part of `block` (the content of `region`) that holds its nonzero voxels, and that part's region; an
-    empty block and region when all voxels are 0."""
-    nonzero = np.nonzero(block)
-    if not nonzero[0].size:
-        empty = tuple(slice(r.start, r.start) for r in region)
-        return block[0:0, 0:0, 0:0], empty  # type: ignore[return-value]
-    low = [int(n.min()) for n in nonzero]
-    high = [int(n.max()) + 1 for n in nonzero]
-    inner = tuple(slice(lo, hi) for lo, hi in zip(low, high))
-    outer = tuple(slice(r.start + lo, r.start + hi) for r, lo, hi in zip(region, low, high))
-    return block[inner], outer  # type: ignore[return-value]
-
-
 def write_region(image, content: np.ndarray, region: Region, extent: Sequence[int]) -> None:
     """Make `image` (any vtkImageData, e.g. a fresh vtkOrientedImageData) hold `content`, the K,J,I block of
     `region` of an array over `extent`, as unsigned char: a modifier labelmap that covers only what changed."""

@@ -24,7 +24,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from SAMMed3DLib.interactive.boxed_array import BoxedArray, is_empty, nonzero_box, relative
+from SAMMed3DLib.interactive.boxed_array import BoxedArray, crop_to_nonzero, is_empty, relative
 from SAMMed3DLib.interactive.geometry import Region
 from SAMMed3DLib.interactive.session import Click
 
@@ -234,10 +234,9 @@ class PromptBook:
                 continue
             if other not in entry.taken_from:
                 entry.taken_from.append(other)
-            inner = nonzero_box(block)
-            box = tuple(slice(r.start + i.start, r.start + i.stop) for r, i in zip(change.region, inner))
+            cropped, box = crop_to_nonzero(block, change.region)
             entry.taken.grow(box)
-            entry.taken[box][block[inner]] = entry.taken_from.index(other) + 1
+            entry.taken[box][cropped] = entry.taken_from.index(other) + 1
         entry.sync(read, stamp)
 
     # -- back ----------------------------------------------------------------------------------------------------
