@@ -52,14 +52,15 @@ def image_array(image) -> np.ndarray:
     return image_voxels(image).copy()
 
 
-def labelmap_in_extent(image, extent: Sequence[int]) -> np.ndarray:
-    """A uint8 K,J,I mask (1 where the labelmap is > 0) over `extent`, from a labelmap `image` that covers any
-    extent of the same grid: voxels outside the image are 0, voxels of the image outside `extent` are dropped."""
-    out = np.zeros(extent_shape(extent), dtype=np.uint8)
-    if image is None or 0 in extent_shape(image.GetExtent()) or image.GetPointData().GetScalars() is None:
-        return out
-    source = image_voxels(image)  # a view: only the overlap is read
-    have = image.GetExtent()
+def values_in_extent(image, extent: Sequence[int]) -> np.ndarray:
+    """A single-component image's values over `extent` (K,J,I, the image's type), from an image that covers any
+    extent of the same grid: voxels outside the image are 0, voxels of the image outside `extent` are dropped. Only
+    the overlap is read."""
+    have = image.GetExtent() if image is not None else (0, -1, 0, -1, 0, -1)
+    if 0 in extent_shape(have) or image.GetPointData().GetScalars() is None:
+        return np.zeros(extent_shape(extent), dtype=np.uint8)
+    source = image_voxels(image)  # a view of VTK's memory, read at once
+    out = np.zeros(extent_shape(extent), dtype=source.dtype)
     # Overlap of the two extents, per axis, in K,J,I order.
     target_slices, source_slices = [], []
     for axis in (2, 1, 0):
@@ -69,8 +70,13 @@ def labelmap_in_extent(image, extent: Sequence[int]) -> np.ndarray:
             return out
         target_slices.append(slice(lo - extent[2 * axis], hi - extent[2 * axis] + 1))
         source_slices.append(slice(lo - have[2 * axis], hi - have[2 * axis] + 1))
-    out[tuple(target_slices)] = source[tuple(source_slices)] > 0
+    out[tuple(target_slices)] = source[tuple(source_slices)]
     return out
+
+
+def labelmap_in_extent(image, extent: Sequence[int]) -> np.ndarray:
+    """A uint8 K,J,I mask (1 where the labelmap is > 0) over `extent` (`values_in_extent`)."""
+    return (values_in_extent(image, extent) > 0).astype(np.uint8)
 
 
 def region_extent(region: Region, extent: Sequence[int]) -> Extent:

@@ -15,19 +15,15 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 import vtk
-from vtk.util import numpy_support
 
 from SAMMed3DLib.interactive.geometry import Region
+from SAMMed3DLib.slicer.geometry import extent_shape, region_extent, values_in_extent
 
 
 def _matrix(image) -> np.ndarray:
     matrix = vtk.vtkMatrix4x4()
     image.GetImageToWorldMatrix(matrix)
     return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
-
-
-def _is_empty(extent) -> bool:
-    return extent[0] > extent[1] or extent[2] > extent[3] or extent[4] > extent[5]
 
 
 class SegmentationOnGrid:
@@ -47,28 +43,11 @@ class SegmentationOnGrid:
         return segment.GetRepresentation(self.segmentation.GetSourceRepresentationName()), segment.GetLabelValue()
 
     def _on_grid(self, layer) -> bool:
-        return _is_empty(layer.GetExtent()) or np.allclose(_matrix(layer), self._to_world, atol=1e-6)
+        return 0 in extent_shape(layer.GetExtent()) or np.allclose(_matrix(layer), self._to_world, atol=1e-6)
 
     def _values(self, layer, region: Region) -> np.ndarray:
         """The layer's label values in `region` (0 outside the layer's extent)."""
-        shape = tuple(s.stop - s.start for s in region)
-        have = layer.GetExtent()
-        scalars = layer.GetPointData().GetScalars()
-        if _is_empty(have) or scalars is None:
-            return np.zeros(shape, np.uint8)
-        values = numpy_support.vtk_to_numpy(scalars).reshape(
-            have[5] - have[4] + 1, have[3] - have[2] + 1, have[1] - have[0] + 1)
-        out = np.zeros(shape, values.dtype)
-        target, source = [], []
-        for axis, part in zip((2, 1, 0), region):  # K, J, I against VTK's k, j, i extent entries
-            start = self._extent[2 * axis] + part.start
-            low, high = max(start, have[2 * axis]), min(start + part.stop - part.start, have[2 * axis + 1] + 1)
-            if high <= low:
-                return out
-            target.append(slice(low - start, high - start))
-            source.append(slice(low - have[2 * axis], high - have[2 * axis]))
-        out[tuple(target)] = values[tuple(source)]
-        return out
+        return values_in_extent(layer, region_extent(region, self._extent))
 
     def segment(self, segment_id: str, region: Region) -> Optional[np.ndarray]:
         """The segment in `region` as uint8 0/1; None when its layer is not on the grid (read it through the
