@@ -68,14 +68,11 @@ class _Segment:
     stamp: object = None  # the caller's fingerprint of the segment when `state` was last synced
     refined: bool = False  # the first click started from the segment's content: nothing of it is its own
 
-    def own_and_session(self, region: Region) -> np.ndarray:
-        """What the segment should hold in `region`: its own voxels and the session's mask."""
-        return ((self.state.get(region) & OWN) > 0) | (self.session.mask_in(region) > 0)
-
     def change(self, region: Region) -> Change:
-        """The edit that makes the segment hold `own_and_session` in `region`."""
-        actual = (self.state.get(region) & HOLDS) > 0
-        desired = self.own_and_session(region)
+        """The edit that makes the segment hold, in `region`, its own voxels and the session's mask."""
+        state = self.state.get(region)
+        actual = (state & HOLDS) > 0
+        desired = ((state & OWN) > 0) | (self.session.mask_in(region) > 0)
         remove = actual & ~desired
         taken = self.taken.get(region)
         give_back = {}
@@ -209,7 +206,7 @@ class PromptBook:
 
         entry.state.grow(region, first_sight)
         entry.records.append(_ClickRecord(
-            region, np.packbits((entry.state.get(region) & HOLDS) > 0), BoxedArray.cropped(entry.taken.get(region))))
+            region, np.packbits((entry.state[region] & HOLDS) > 0), BoxedArray.cropped(entry.taken.get(region))))
         entry.clicks.append(click)
         return entry.change(region)
 
