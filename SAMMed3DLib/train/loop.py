@@ -331,9 +331,7 @@ class Trainer:
     # --- saving ------------------------------------------------------------------------------------------------
 
     def _checkpoint(self) -> Dict[str, Any]:
-        args = {key: (list(value) if isinstance(value, tuple) else value) for key, value in asdict(self.config).items()}
-        args["model_overrides"] = {key: (list(value) if isinstance(value, tuple) else value)
-                                   for key, value in self.config.model_overrides.items()}
+        args = _recorded_args(self.config)
         return {
             "model_state_dict": self.model.state_dict(),
             "optimizer_state_dict": self.optimizer.state_dict(),
@@ -524,10 +522,21 @@ def resume_config(output: Path, given: Dict[str, Any]) -> TrainConfig:
     return TrainConfig(**{**settings, **given, "output": str(output), "resume": True})
 
 
+def _recorded_args(config: TrainConfig) -> Dict[str, Any]:
+    """The settings as a checkpoint records them (`args`): tuples as lists, also inside `model_overrides`, so that a
+    record read back compares equal."""
+    def plain(value: Any) -> Any:
+        return list(value) if isinstance(value, tuple) else value
+
+    args = {key: plain(value) for key, value in asdict(config).items()}
+    args["model_overrides"] = {key: plain(value) for key, value in config.model_overrides.items()}
+    return args
+
+
 def _check_resume(output: Path, config: TrainConfig, recorded: Dict[str, Any], record: Dict[str, Any]) -> None:
     """`OtherRun` listing every setting of `config` that differs from the `recorded` ones (APPLIED_ON_RESUME aside);
     the data folder is compared as resolved paths, a checkpoint by its SHA256 (`record`: the run's provenance)."""
-    current = {key: (list(value) if isinstance(value, tuple) else value) for key, value in asdict(config).items()}
+    current = _recorded_args(config)
     changed = {}
     for key, now in current.items():
         if key in APPLIED_ON_RESUME or key == "output" or key not in recorded or recorded[key] == now:
