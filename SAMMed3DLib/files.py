@@ -36,16 +36,25 @@ def _temporary_name(path: Path, suffix: str) -> Path:
     return path.with_name(f".{path.name}~{_HOST}-{os.getpid()}-{secrets.token_hex(4)}.tmp{suffix}")
 
 
-def _create_file(path: Path, suffix: str) -> Path:
-    """A new empty temporary file beside `path`. Created with mode 0666 so that the kernel applies the umask
-    (mkstemp's 0600 would make results unreadable to everyone else)."""
+def _create_temporary(path: Path, suffix: str, make: Callable[[Path], None]) -> Path:
+    """A new temporary file or folder beside `path`, under a name nobody else has: `make(name)` creates it and
+    raises FileExistsError if the name is taken."""
     while True:
         temporary = _temporary_name(path, suffix)
         try:
-            os.close(os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            make(temporary)
             return temporary
         except FileExistsError:
             continue
+
+
+def _create_file(path: Path, suffix: str) -> Path:
+    """A new empty temporary file beside `path`. Created with mode 0666 so that the kernel applies the umask
+    (mkstemp's 0600 would make results unreadable to everyone else)."""
+    def make(name: Path) -> None:
+        os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+
+    return _create_temporary(path, suffix, make)
 
 
 def _abandoned(entry: Path) -> bool:
@@ -149,15 +158,10 @@ def temporary_folder(path: Path) -> Iterator[Path]:
     path = Path(path)
     _make_parent(path)
     remove_abandoned(path.parent)
-    while True:
-        staging = _temporary_name(path, "")
-        try:
-            staging.mkdir(mode=0o777)
-            break
-        except FileExistsError:
-            continue
-        except OSError as error:
-            raise _cannot_write(path, error) from None
+    try:
+        staging = _create_temporary(path, "", lambda name: name.mkdir(mode=0o777))  # the umask applies
+    except OSError as error:
+        raise _cannot_write(path, error) from None
     try:
         yield staging
     finally:
