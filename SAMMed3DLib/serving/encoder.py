@@ -14,7 +14,6 @@ from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
-from SAMMed3DLib.backends.onnx_predictor import CHECKPOINT_NAME_KEY, CHECKPOINT_SHA256_KEY
 from SAMMed3DLib.backends.predictor import Predictor, load_predictor
 from SAMMed3DLib.errors import NotAnExport, UnknownChoice
 from SAMMed3DLib.interactive.geometry import PATCH_SIZE
@@ -114,16 +113,13 @@ def _to_numpy(embedding: Any) -> np.ndarray:
 
 def open_service(backend: str, checkpoint: Path, device: str) -> EncoderService:
     """The encoder of a checkpoint file ("torch") or of an ONNX export folder ("onnx") on `device`."""
-    from SAMMed3DLib.weights import sha256_of
+    from SAMMed3DLib import provenance
 
     if backend not in SERVED_BACKENDS:
         raise UnknownChoice("backend to serve", backend, SERVED_BACKENDS)
     predictor = load_predictor(backend, checkpoint, device)
-    if backend == "torch":
-        return EncoderService(predictor, ServedCheckpoint(sha256_of(checkpoint), Path(checkpoint).name))
-    metadata = getattr(predictor, "metadata", {})
-    if not metadata.get(CHECKPOINT_SHA256_KEY):
+    record = provenance.checkpoint(checkpoint, predictor=predictor)  # a file's SHA256, or what an export records
+    if not record["sha256"]:
         raise NotAnExport(checkpoint, "it does not record the SHA256 of the checkpoint it was exported from, which "
                                       "clients compare with their decoder's")
-    return EncoderService(predictor, ServedCheckpoint(metadata[CHECKPOINT_SHA256_KEY].lower(),
-                                                      metadata.get(CHECKPOINT_NAME_KEY, "")))
+    return EncoderService(predictor, ServedCheckpoint(record["sha256"].lower(), record["file"] or ""))
